@@ -1,0 +1,221 @@
+"""Properties of the shared Quantizer (tiny tensors)."""
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from vqstudy import Quantizer, QuantizerConfig
+from vqstudy.metrics import CodebookUsage
+
+
+def planted(k: int = 8, dim: int = 8, n: int = 512, spread: float = 0.05, seed: int = 0):
+    """n points around k well-separated centers; returns (points (n, dim), centers (k, dim))."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(k, dim, generator=g) * 4
+    labels = torch.arange(n) % k
+    return centers[labels] + spread * torch.randn(n, dim, generator=g), centers
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"codebook_dim": 3},
+        {"codebook_dim": 4, "cosine": True},
+        {"update": "grad"},
+        {"backend": "vqp"},
+    ],
+)
+def test_decode_indices_equals_quantized_in_eval(kwargs):
+    q = Quantizer(dim=8, codebook_size=16, kmeans_samples=64, **kwargs)
+    x = torch.randn(2, 5, 8)
+    q.train()
+    for _ in range(3):
+        q(torch.randn(4, 16, 8))
+    q.eval()
+    out = q(x)
+    assert out.indices.shape == (2, 5) and out.indices.dtype == torch.int64
+    torch.testing.assert_close(q.decode_indices(out.indices), out.quantized)
+    # the chosen code is the nearest one in the lookup space
+    codes = q.codebook_vectors()
+    if not kwargs:
+        dist = torch.cdist(x.reshape(-1, 8), codes)
+        assert torch.allclose(dist.gather(1, out.indices.reshape(-1, 1)).squeeze(1), dist.min(1).values)
+
+
+def test_kmeans_init_recovers_planted_clusters():
+    x, centers = planted(k=8, n=1024)
+    q = Quantizer(dim=8, codebook_size=8, kmeans_samples=600, dead_code_reset=False, kmeans_iters=20)
+    q.train()
+    q(x[:256])
+    assert not bool(q.initialized), "k-means must wait for kmeans_samples vectors, not use the first batch"
+    q(x[256:512])
+    q(x[512:768])
+    assert bool(q.initialized)
+    codes = q.codebook_vectors().detach()
+    # every planted center has a code within the cluster spread, and each code serves one center
+    dist = torch.cdist(centers, codes)
+    assert dist.min(dim=1).values.max() < 0.1
+    assert len(set(dist.argmin(dim=1).tolist())) == 8
+
+
+def test_kmeans_with_fewer_samples_than_codes_warns_and_spreads_codes():
+    q = Quantizer(dim=4, codebook_size=32, kmeans_samples=1000, kmeans_max_steps=1, dead_code_reset=False)
+    x = torch.randn(10, 4)
+    with pytest.warns(UserWarning, match="only 10 vectors"):
+        q(x)
+    codes = q.codebook_vectors().detach()
+    assert torch.cdist(codes, codes).add(torch.eye(32)).min() > 0  # no two codes identical
+
+
+def collapsed_run(reset: bool, steps: int = 160, k: int = 16):
+    torch.manual_seed(0)
+    x_all, _ = planted(k=k, dim=8, n=4096, spread=0.1)
+    q = Quantizer(dim=8, codebook_size=k, kmeans_init=False, dead_code_reset=reset, reset_every=10)
+    with torch.no_grad():
+        q.codebook.copy_(torch.zeros(k, 8) + x_all.mean(0))  # all codes equal: fully collapsed
+        q.embed_sum.copy_(q.codebook * q.cluster_size[:, None])
+    usage = CodebookUsage(k)
+    q.train()
+    for step in range(steps):
+        batch = x_all[torch.randint(len(x_all), (256,))]
+        out = q(batch)
+        if step >= steps - 20:
+            usage.update(out.indices)
+    return usage.compute()["utilization"].item()
+
+
+def test_dead_code_resets_revive_a_collapsed_codebook():
+    assert collapsed_run(reset=True) > 0.9
+    assert collapsed_run(reset=False) < 0.5  # the control: without resets most codes stay dead
+
+
+def test_straight_through_gradient_reaches_the_encoder():
+    for kwargs in ({}, {"codebook_dim": 3}):
+        q = Quantizer(dim=8, codebook_size=16, kmeans_samples=32, **kwargs)
+        x = torch.randn(64, 8, requires_grad=True)
+        out = q(x)
+        (out.quantized.pow(2).sum() + out.loss).backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0
+        if not kwargs:  # identity projections: d quantized / d x = I
+            x2 = x.detach().clone().requires_grad_(True)
+            q.eval()
+            q(x2).quantized.sum().backward()
+            torch.testing.assert_close(x2.grad, torch.ones_like(x2))
+
+
+def test_grad_update_trains_the_codebook_and_projections():
+    q = Quantizer(dim=8, codebook_size=16, codebook_dim=4, update="grad", kmeans_samples=32)
+    out = q(torch.randn(64, 8))
+    (out.quantized.sum() + out.loss).backward()
+    for name, p in q.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_ema_update_matches_hand_computation():
+    decay, eps = 0.9, 1e-5
+    q = Quantizer(dim=2, codebook_size=3, kmeans_init=False, dead_code_reset=False, decay=decay, eps=eps)
+    codebook = torch.tensor([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]])
+    with torch.no_grad():
+        q.codebook.copy_(codebook)
+        q.embed_sum.copy_(codebook)  # cluster_size starts at ones
+    x = torch.tensor([[0.1, 0.0], [0.9, 1.2], [1.1, 0.8], [0.0, -0.1]])
+    out = q(x)
+    assert out.indices.tolist() == [0, 1, 1, 0]
+    counts = torch.tensor([2.0, 2.0, 0.0])
+    sums = torch.tensor([[0.1, -0.1], [2.0, 2.0], [0.0, 0.0]])
+    cluster = decay * torch.ones(3) + (1 - decay) * counts
+    embed_sum = decay * codebook + (1 - decay) * sums
+    total = cluster.sum()
+    smoothed = (cluster + eps) / (total + 3 * eps) * total
+    torch.testing.assert_close(q.cluster_size, cluster)
+    torch.testing.assert_close(q.codebook, embed_sum / smoothed[:, None])
+
+
+def test_perplexity_of_uniform_use_is_k():
+    k = 16
+    metric = CodebookUsage(k)
+    metric.update(torch.arange(k).repeat(5))
+    res = metric.compute()
+    assert res["perplexity"].item() == pytest.approx(k)
+    assert res["effective_bits"].item() == pytest.approx(math.log2(k))
+    assert res["utilization"].item() == 1.0 and res["dead_fraction"].item() == 0.0
+    metric.update(torch.zeros(16 * 5, dtype=torch.long))  # half the mass on code 0
+    res = metric.compute()
+    assert res["perplexity"].item() < k
+    assert res["histogram"][0].item() == 5 + 80
+
+
+def test_step_stats_perplexity_uses_the_batch():
+    q = Quantizer(dim=2, codebook_size=4, kmeans_init=False, dead_code_reset=False)
+    with torch.no_grad():
+        q.codebook.copy_(torch.tensor([[0.0, 0], [10, 0], [0, 10], [10, 10]]))
+    q.eval()
+    out = q(q.codebook.clone().repeat(3, 1))
+    assert out.stats.perplexity.item() == pytest.approx(4.0)
+    assert out.stats.utilization.item() == 1.0
+
+
+@pytest.mark.parametrize(
+    "x, err, match",
+    [
+        (torch.tensor([[float("nan")] * 8]), ValueError, "NaN/Inf"),
+        (torch.tensor([[float("inf")] * 8]), ValueError, "NaN/Inf"),
+        (torch.randn(4, 7), ValueError, r"last dimension dim \(8\)"),
+        (torch.ones(4, 8, dtype=torch.long), TypeError, "floating"),
+        (torch.randn(0, 8), ValueError, "empty batch"),
+        ([[0.0] * 8], TypeError, "torch.Tensor"),
+    ],
+)
+def test_bad_input_is_refused_and_codebook_untouched(x, err, match):
+    q = Quantizer(dim=8, codebook_size=16, kmeans_samples=16)
+    q(torch.randn(32, 8))  # initialise
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    with pytest.raises(err, match=match):
+        q(x)
+    after = q.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bad_indices_and_config_are_refused():
+    q = Quantizer(dim=8, codebook_size=16)
+    with pytest.raises(ValueError, match=r"\[0, 16\).*\[16\]"):
+        q.decode_indices(torch.tensor([3, 16]))
+    with pytest.raises(TypeError, match="integer"):
+        q.decode_indices(torch.tensor([1.0]))
+    with pytest.raises(ValueError, match=r"codebook_dim \(9\)"):
+        QuantizerConfig(dim=8, codebook_dim=9)
+    with pytest.raises(ValueError, match="update .*'adam'"):
+        QuantizerConfig(update="adam")
+
+
+def test_vqp_backend_picks_nearest_codes_like_vqstudy():
+    x, _ = planted(k=8, n=512)
+    ours = Quantizer(dim=8, codebook_size=8, kmeans_samples=512, dead_code_reset=False)
+    theirs = Quantizer(dim=8, codebook_size=8, backend="vqp", dead_code_reset=False)
+    for q in (ours, theirs):
+        q.train()
+        q(x)
+        q.eval()
+    x_test = x[:64] + 0.01 * torch.randn(64, 8)
+    for q in (ours, theirs):
+        out = q(x_test)
+        d = torch.cdist(x_test, q.codebook_vectors().detach())
+        assert torch.equal(out.indices, d.argmin(dim=1))
+    # both recover the 8 planted clusters: each cluster maps to its own code
+    assert len(set(ours(x_test).indices.tolist())) == 8
+
+
+def test_no_n_by_k_one_hot_in_the_training_step(monkeypatch):
+    """The EMA sums go through index_add: F.one_hot must never be called."""
+    import torch.nn.functional as F
+
+    def boom(*args, **kwargs):
+        raise AssertionError("one_hot used in the quantizer training step")
+
+    monkeypatch.setattr(F, "one_hot", boom)
+    q = Quantizer(dim=8, codebook_size=64, kmeans_samples=64, reset_every=1)
+    for _ in range(3):
+        q(torch.randn(128, 8))
