@@ -1,0 +1,154 @@
+"""The `vqstudy` command.
+
+Config merge order for every subcommand that takes one: dataclass defaults <- YAML (--config)
+<- `--set a.b=value` overrides (values parsed as YAML), in that order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, Sequence
+
+import yaml
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """['train.max_steps=10', 'name=x'] -> {'train': {'max_steps': 10}, 'name': 'x'}."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects key.path=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def _rich_table(title: str, rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from vqstudy.pair import _fmt
+
+    table = Table(title=title)
+    if not rows:
+        Console().print(f"{title}: no rows")
+        return
+    for key in rows[0]:
+        table.add_column(str(key), justify="right")
+    for row in rows:
+        table.add_row(*(_fmt(v) for v in row.values()))
+    Console().print(table)
+
+
+def cmd_pair(args: argparse.Namespace) -> int:
+    from vqstudy.pair import load_pair_config, run_pair, summary_rows
+
+    cfg = load_pair_config(args.config, parse_overrides(args.set))
+    results = run_pair(cfg)
+    _rich_table(f"{cfg.name}: capacity-matched pair", summary_rows(results))
+    print(f"wrote {cfg.out_dir}/{cfg.name}/")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from vqstudy.plots import plot_run
+
+    for path in plot_run(args.run_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from vqstudy.bench import main as bench_main
+
+    return bench_main(args.rest) or 0
+
+
+def cmd_assets(args: argparse.Namespace) -> int:
+    from vqstudy.assets import fetch_assets
+
+    for name, path in fetch_assets(cache_dir=args.cache_dir, force=args.force).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from vqstudy.data.robosuite import fetch_robosuite_demos
+
+    for path in fetch_robosuite_demos(cache_dir=args.cache_dir):
+        print(path)
+    return 0
+
+
+def cmd_actions(args: argparse.Namespace) -> int:
+    from vqstudy.actions import main as actions_main
+
+    return actions_main([args.action, *args.rest]) or 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vqstudy.actions import export_main
+
+    return export_main(args.rest) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vqstudy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pair", help="train a hierarchical VQ-VAE and its capacity-matched single-level twin")
+    p.add_argument("--config", help="YAML file of PairConfig fields (configs/*.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.max_steps=50")
+    p.set_defaults(func=cmd_pair)
+
+    p = sub.add_parser("plot", help="redraw the figures of a results directory")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("bench", help="nearest-code search benchmark (see scripts/bench_nearest.py)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("assets", help="offline weights: `vqstudy assets fetch`")
+    p.add_argument("action", choices=["fetch"])
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_assets)
+
+    p = sub.add_parser("data", help="embedded data: `vqstudy data fetch robosuite-demos`")
+    p.add_argument("action", choices=["fetch"])
+    p.add_argument("dataset", choices=["robosuite-demos"])
+    p.add_argument("--cache-dir", default=None)
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("actions", help="action-chunk tokenizers: train | eval | sweep", add_help=False)
+    p.add_argument("action", choices=["train", "eval", "sweep"])
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_actions)
+
+    p = sub.add_parser("export", help="export a trained action tokenizer for a VLA head", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"vqstudy {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
