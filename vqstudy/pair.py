@@ -35,7 +35,9 @@ class PairConfig:
     name: str = "default_pair"
     """Run name: outputs go to <out_dir>/<name>/."""
     out_dir: str = "results"
-    """Parent folder of the run folder."""
+    """Parent folder of the run folder (metrics, curves, figures)."""
+    ckpt_dir: str = "runs"
+    """Parent folder of the checkpoints (<ckpt_dir>/<name>/<model>/), kept out of results/."""
     hierarchical: HierarchicalVQVAEConfig = field(default_factory=HierarchicalVQVAEConfig)
     """The two-level model; the single-level twin gets the same bits per image."""
     single_quantizer: QuantizerConfig | None = None
@@ -111,7 +113,8 @@ def run_pair(cfg: PairConfig, recon_metrics_factory=None) -> dict[str, Any]:
     for which in cfg.models:
         torch.manual_seed(cfg.train.seed)
         model = build_model(configs[which])
-        fit = fit_model(model, datamodule, cfg.train, run_dir, which, recon_metrics=recon_metrics_factory())
+        fit = fit_model(model, datamodule, cfg.train, run_dir, which, recon_metrics=recon_metrics_factory(),
+                        ckpt_dir=Path(cfg.ckpt_dir) / cfg.name / which)
         params = count_parameters(model)
         results["models"][which] = {
             "val": fit.val,

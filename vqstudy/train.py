@@ -197,8 +197,9 @@ def fit_model(
     name: str,
     recon_metrics: Any | None = None,
     resume_from: str | Path | None = None,
+    ckpt_dir: str | Path | None = None,
 ) -> FitResult:
-    """Train `model` with Lightning; logs CSV to out_dir/name, checkpoints to out_dir/name/checkpoints."""
+    """Train `model` with Lightning; logs CSV to out_dir/name, checkpoints to ckpt_dir (default out_dir/name/checkpoints)."""
     from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
     from pytorch_lightning.loggers import CSVLogger
 
@@ -206,7 +207,7 @@ def fit_model(
     module = VQLitModule(model, train_cfg, recon_metrics)
     logger = CSVLogger(save_dir=str(out_dir), name=name, version="")
     ckpt = ModelCheckpoint(
-        dirpath=str(Path(out_dir) / name / "checkpoints"),
+        dirpath=str(ckpt_dir or Path(out_dir) / name / "checkpoints"),
         every_n_train_steps=train_cfg.checkpoint_every,
         save_last=True,
         save_top_k=0,
