@@ -59,9 +59,9 @@ class QuantizerConfig:
     kmeans_max_steps: int = 50
     """Run k-means with what was collected after this many steps even if kmeans_samples is not reached."""
     dead_code_reset: bool = True
-    """Re-seed codes whose EMA usage share falls below dead_code_threshold / codebook_size."""
+    """Every reset_every steps, re-seed codes whose usage share fell below dead_code_threshold / codebook_size."""
     dead_code_threshold: float = 0.03
-    """A code is dead when its EMA usage share < threshold x (1 / codebook_size); independent of batch size."""
+    """A code is dead when its usage share over the last reset_every steps < threshold x (1 / codebook_size); independent of batch size."""
     reset_every: int = 20
     """Check for dead codes every this many training steps."""
     reservoir_size: int | None = None

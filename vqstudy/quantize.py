@@ -42,7 +42,7 @@ class QuantizeStats(NamedTuple):
     codebook_loss: torch.Tensor
     """||sg(z) - q||^2 (unweighted; only trained on with update='grad')."""
     dead_codes: torch.Tensor
-    """Codes whose EMA usage share is below the dead-code threshold."""
+    """Codes that `Quantizer.dead_mask()` calls dead after this step."""
     resets: torch.Tensor
     """Codes re-seeded in this step."""
 
@@ -67,6 +67,8 @@ def validate_input(x: Any, dim: int) -> None:
         raise ValueError(f"Quantizer input must have last dimension dim ({dim}), got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise ValueError(f"Quantizer input is an empty batch (shape {tuple(x.shape)}); expected at least one vector")
+    if torch.isfinite(x.sum()):  # one cheap reduction; NaN/Inf (or overflow) falls through to the exact count
+        return
     bad = (~torch.isfinite(x)).sum().item()
     if bad:
         raise ValueError(f"Quantizer input has {bad} NaN/Inf value(s) out of {x.numel()}; expected finite values")
@@ -127,6 +129,7 @@ class Quantizer(nn.Module):
             self.register_buffer("codebook", codebook)
             self.register_buffer("embed_sum", codebook.clone())  # EMA of per-code sums of assigned vectors
         self.register_buffer("cluster_size", torch.ones(k))  # EMA of per-code usage counts
+        self.register_buffer("window_counts", torch.zeros(k))  # usage since the last dead-code check
         self.register_buffer("initialized", torch.tensor(not cfg.kmeans_init))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.reservoir_size = cfg.reservoir_size or 8 * k
@@ -202,14 +205,20 @@ class Quantizer(nn.Module):
 
     # ------------------------------------------------------------------ codebook updates
     def dead_mask(self) -> torch.Tensor:
-        """(K,) bool: codes whose EMA usage share is below dead_code_threshold / K."""
-        share = self.cluster_size / self.cluster_size.sum().clamp_min(1e-12)
+        """(K,) bool: codes whose usage share since the last check is below dead_code_threshold / K.
+
+        Shares, not counts, so the test does not depend on batch size; before any usage was
+        counted in the window, the EMA usage counts are used.
+        """
+        usage = self.window_counts if self.window_counts.sum() > 0 else self.cluster_size
+        share = usage / usage.sum().clamp_min(1e-12)
         return share < self.config.dead_code_threshold / self.codebook_size
 
     @torch.no_grad()
     def _update_usage_and_ema(self, z: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor) -> None:
         cfg = self.config
         counts = D.all_reduce_sum(counts.clone())
+        self.window_counts += counts
         self.cluster_size.mul_(cfg.decay).add_(counts, alpha=1 - cfg.decay)
         if cfg.update != "ema":
             return
@@ -242,6 +251,7 @@ class Quantizer(nn.Module):
     def _reset_dead_codes(self) -> int:
         """Re-seed dead codes from the (gathered) reservoir, D^2-weighted from the live codes."""
         dead = self.dead_mask()
+        self.window_counts.zero_()
         n_dead = int(dead.sum())
         if n_dead == 0:
             return 0

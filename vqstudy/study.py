@@ -147,7 +147,7 @@ def _fmt(mean: float, std: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
 
 
-def study_markdown(study: dict[str, Any], throughput: list[dict[str, Any]], command: str) -> str:
+def study_markdown(study: dict[str, Any], command: str) -> str:
     lines = [
         "# Image study: hierarchical vs capacity-matched single-level VQ-VAEs",
         "",
@@ -166,13 +166,18 @@ def study_markdown(study: dict[str, Any], throughput: list[dict[str, Any]], comm
             f"{_fmt(a['psnr'], a['psnr_std'], 2)} | {_fmt(a['ssim'], a['ssim_std'])} | {_fmt(a['lpips'], a['lpips_std'])} | "
             f"{_fmt(a['images_per_second'], math.nan, 1)} |"
         )
-    if throughput:
-        lines += ["", "## Training throughput: vqstudy quantizer vs vector-quantize-pytorch backend (same run)", "",
-                  "| model | vqstudy img/s | vqp img/s | speed-up |", "|---|---|---|---|"]
-        by = {(r["model"], r["backend"]): r["images_per_second"] for r in throughput}
-        for model in ("hierarchical", "single"):
-            ours, theirs = by.get((model, "vqstudy"), math.nan), by.get((model, "vqp"), math.nan)
-            lines.append(f"| {model} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def throughput_markdown(rows: list[dict[str, Any]], command: str) -> str:
+    """Training img/s of each model with the vqstudy quantizer vs the vqp backend, same run."""
+    by = {(r["model"], r["backend"]): r["images_per_second"] for r in rows}
+    lines = ["# Training throughput: vqstudy quantizer vs vector-quantize-pytorch backend", "",
+             f"Command: `{command}`", "", f"Machine: {machine()}.", "",
+             "| model | vqstudy img/s | vqp img/s | speed-up |", "|---|---|---|---|"]
+    for model in ("hierarchical", "single"):
+        ours, theirs = by.get((model, "vqstudy"), math.nan), by.get((model, "vqp"), math.nan)
+        lines.append(f"| {model} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f}x |")
     return "\n".join(lines) + "\n"
 
 

@@ -57,6 +57,8 @@ class TrainConfig:
     """torch deterministic algorithms (needed for exact resume)."""
     progress_bar: bool = True
     """Show the rich progress bar."""
+    tensorboard: bool = False
+    """Also log to TensorBoard (needs the `tensorboard` package)."""
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "curve_every", "val_every", "checkpoint_every"):
@@ -115,12 +117,19 @@ class VQLitModule(pl.LightningModule):
             self.log(f"train/{name}/batch_perplexity", level.stats.perplexity, batch_size=bs)
             self.log(f"train/{name}/resets", level.stats.resets.float(), batch_size=bs, reduce_fx="sum")
         if (self.global_step + 1) % self.cfg.curve_every == 0:
-            for name in self.levels:
-                stats = self.train_usage[name].compute()
-                for key in ("utilization", "perplexity", "effective_bits", "dead_fraction"):
-                    self.log(f"train/{name}/{key}", stats[key].float(), batch_size=bs)
-                self.train_usage[name].reset()
+            self._log_usage_window()
         return loss
+
+    def _log_usage_window(self) -> None:
+        """One point of the utilization curves: usage over the last `curve_every` steps, then reset."""
+        curve = {}
+        for name in self.levels:
+            stats = self.train_usage[name].compute()  # synced over ranks by torchmetrics
+            for key in ("utilization", "perplexity", "effective_bits", "dead_fraction"):
+                curve[f"train/{name}/{key}"] = float(stats[key])
+            self.train_usage[name].reset()
+        for logger in self.loggers:  # written once, at this step only (loggers are rank-zero only)
+            logger.log_metrics(curve, step=self.global_step)
 
     def on_validation_epoch_start(self) -> None:
         if self.recon_metrics is not None:
@@ -206,6 +215,11 @@ def fit_model(
     pl.seed_everything(train_cfg.seed, workers=True, verbose=False)
     module = VQLitModule(model, train_cfg, recon_metrics)
     logger = CSVLogger(save_dir=str(out_dir), name=name, version="")
+    loggers: list[Any] = [logger]
+    if train_cfg.tensorboard:
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(out_dir), name=name, version="tb"))
     ckpt = ModelCheckpoint(
         dirpath=str(ckpt_dir or Path(out_dir) / name / "checkpoints"),
         every_n_train_steps=train_cfg.checkpoint_every,
@@ -223,7 +237,7 @@ def fit_model(
         devices=train_cfg.devices,
         precision=train_cfg.precision,
         deterministic=train_cfg.deterministic,
-        logger=logger,
+        logger=loggers,
         callbacks=callbacks,
         val_check_interval=train_cfg.val_every,
         check_val_every_n_epoch=None,
