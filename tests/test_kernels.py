@@ -1,0 +1,221 @@
+"""nearest_code: every backend against a float64 brute-force oracle, dispatch, validation, memory bound."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+import vqstudy.kernels.blocked as blocked
+from vqstudy.kernels import (
+    ENV_VAR,
+    NearestCode,
+    available_backends,
+    blocked_plan,
+    nearest_code,
+    resolve_backend,
+)
+from vqstudy.kernels.triton_kernel import nearest_code_triton
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+needs_triton = pytest.mark.skipif(
+    not (HAS_TRITON and (INTERPRET or torch.cuda.is_available())),
+    reason="triton backend needs `triton` and CUDA or TRITON_INTERPRET=1 (set before python starts)",
+)
+
+ODD_SIZES = [(37, 19, 5), (1, 1, 3), (1, 7, 3), (20, 1, 4), (33, 17, 16), (18, 21, 33)]
+
+
+def oracle(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(N, K) float64 squared distances by brute force."""
+    return ((x.double()[:, None, :] - codebook.double()[None, :, :]) ** 2).sum(-1)
+
+
+def assert_nearest(x: torch.Tensor, codebook: torch.Tensor, out: NearestCode, rtol: float = 1e-5) -> None:
+    """The chosen code is a nearest one (ties may differ) and sqdist is its true distance."""
+    dist = oracle(x, codebook)
+    assert out.indices.dtype == torch.int64 and out.sqdist.dtype == torch.float32
+    assert out.indices.shape == out.sqdist.shape == (x.shape[0],)
+    assert int(out.indices.min()) >= 0 and int(out.indices.max()) < codebook.shape[0]
+    best = dist.min(dim=1).values
+    chosen = dist.gather(1, out.indices[:, None]).squeeze(1)
+    torch.testing.assert_close(chosen, best, rtol=rtol, atol=1e-5)
+    torch.testing.assert_close(out.sqdist.double(), chosen, rtol=1e-5, atol=1e-5)
+    assert bool((out.sqdist >= 0).all())
+
+
+def data(n: int, k: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
+
+
+@pytest.mark.parametrize("backend", ["torch", "blocked", "auto"])
+@pytest.mark.parametrize("n,k,d", ODD_SIZES + [(300, 600, 8)])
+def test_cpu_backends_find_nearest(backend: str, n: int, k: int, d: int) -> None:
+    x, codebook = data(n, k, d)
+    assert_nearest(x, codebook, nearest_code(x, codebook, backend=backend))
+
+
+@needs_triton
+@pytest.mark.parametrize("n,k,d", ODD_SIZES)
+def test_triton_finds_nearest(n: int, k: int, d: int) -> None:
+    x, codebook = data(n, k, d, seed=1)
+    assert_nearest(x, codebook, nearest_code(x, codebook, backend="triton"))
+
+
+@needs_triton
+def test_triton_wide_d_chunks_strides_and_tf32() -> None:
+    """D > 128 takes the chunked-D path; a transposed (non-contiguous) x is read through its strides."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(150, 9, generator=g).T  # (9, 150), strides (1, 9)
+    codebook = torch.randn(18, 150, generator=g)
+    assert_nearest(x, codebook, nearest_code(x, codebook, backend="triton"))
+    x, codebook = data(20, 24, 6, seed=2)
+    assert_nearest(x, codebook, nearest_code(x, codebook, backend="triton", allow_tf32=True), rtol=1e-2)
+
+
+def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x, codebook = data(4, 3, 2)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        nearest_code_triton(x, codebook)
+
+
+def test_planted_codes_are_recovered_and_unpacking() -> None:
+    """Noisy copies of codes map back to their code; NearestCode unpacks as (indices, sqdist)."""
+    g = torch.Generator().manual_seed(3)
+    codebook = torch.randn(300, 6, generator=g) * 10
+    truth = torch.randint(300, (1000,), generator=g)
+    x = codebook[truth] + 0.01 * torch.randn(1000, 6, generator=g)
+    for backend in ("torch", "blocked"):
+        indices, sqdist = nearest_code(x, codebook, backend=backend)
+        assert torch.equal(indices, truth)
+        assert float(sqdist.max()) < 0.01
+
+
+def test_blocked_small_buffer_groups_padding_and_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tiny block budget forces many blocks; K not a multiple of G pads; two worker threads share work."""
+    monkeypatch.setattr(blocked, "TARGET_BUFFER_BYTES", 4 * 1024)
+    monkeypatch.setattr(blocked, "MIN_CODES_FOR_GROUPS", 8)
+    n, k, d = 203, 37, 7  # Kp = 48 with G = 16
+    plan = blocked_plan(n, k, d, 4, workers=2)
+    assert plan.groups == 16 and plan.padded_codes == 48 and plan.workers == 2
+    assert plan.block_rows * plan.padded_codes * 4 <= 4 * 1024
+    assert plan.buffer_bytes < n * k * 4  # scratch is smaller than the full matrix
+    x, codebook = data(n, k, d, seed=4)
+    indices, sqdist = blocked.nearest_code_blocked(x, codebook, plan=plan)
+    assert_nearest(x, codebook, NearestCode(indices, sqdist))
+
+
+def test_blocked_scratch_is_independent_of_n() -> None:
+    """The analytic scratch of the blocked path stays bounded as N grows (the full matrix would not)."""
+    small = blocked_plan(10_000, 16384, 32, 4, workers=2)
+    large = blocked_plan(10_000_000, 16384, 32, 4, workers=2)
+    assert large.buffer_bytes == small.buffer_bytes
+    assert large.buffer_bytes < 64 * 2**20 < 10_000_000 * 16384 * 4
+
+
+def test_blocked_never_allocates_the_full_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every tensor any aten op produces during the blocked search is far smaller than N x K."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class LargestOutput(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            sizes = [t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+            self.largest = max([self.largest, *sizes])
+            return out
+
+    monkeypatch.setattr(blocked, "TARGET_BUFFER_BYTES", 256 * 1024)
+    x, codebook = data(2000, 512, 4, seed=5)
+    plan = blocked_plan(2000, 512, 4, 4, workers=1)  # dispatch modes are per thread: one worker
+    with LargestOutput() as spy:
+        out = blocked.nearest_code_blocked(x, codebook, plan=plan)
+    assert plan.block_rows * plan.padded_codes <= spy.largest < 2000 * 512 // 8
+    assert_nearest(x, codebook, NearestCode(*out))
+
+
+def test_duplicate_codes_and_dtypes() -> None:
+    x, codebook = data(50, 40, 5, seed=6)
+    codebook[20:] = codebook[:20]  # every code twice: any of the tied pair is correct
+    for backend in ("torch", "blocked"):
+        assert_nearest(x, codebook, nearest_code(x, codebook, backend=backend))
+        out64 = nearest_code(x.double(), codebook.double(), backend=backend)
+        assert out64.sqdist.dtype == torch.float32
+        assert_nearest(x, codebook, out64)
+        half = nearest_code(x.half(), codebook.half(), backend=backend)
+        assert_nearest(x.half().float(), codebook.half().float(), half)
+
+
+def test_no_grad_and_empty_input() -> None:
+    x, codebook = data(8, 4, 3)
+    x.requires_grad_(True)
+    out = nearest_code(x, codebook)
+    assert not out.sqdist.requires_grad
+    empty = nearest_code(torch.empty(0, 3), codebook, backend="blocked")
+    assert empty.indices.shape == (0,) and empty.indices.dtype == torch.int64
+
+
+def test_auto_dispatch_and_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    small = torch.empty(100, 8, device="meta"), torch.empty(16, 8, device="meta")
+    large = torch.empty(100_000, 8, device="meta"), torch.empty(4096, 8, device="meta")
+    assert resolve_backend("auto", *small) == "torch"
+    assert resolve_backend("auto", *large) == "blocked"
+    monkeypatch.setenv(ENV_VAR, "blocked")
+    assert resolve_backend("auto", *small) == "blocked"
+    assert resolve_backend("torch", *large) == "torch"  # an explicit argument wins over the env var
+    x, codebook = data(30, 10, 3)
+    assert_nearest(x, codebook, nearest_code(x, codebook))
+    monkeypatch.setenv(ENV_VAR, "cuda-magic")
+    with pytest.raises(ValueError, match=f"{ENV_VAR}.*'blocked'.*cuda-magic"):
+        nearest_code(x, codebook)
+
+
+def test_available_backends() -> None:
+    names = available_backends()
+    assert names[:2] == ["torch", "blocked"]
+    assert ("triton" in names) == (HAS_TRITON and (INTERPRET or torch.cuda.is_available()))
+
+
+@pytest.mark.parametrize(
+    "x,codebook,backend,err,match",
+    [
+        (torch.zeros(4, 3), torch.zeros(5, 3), "fast", ValueError, "'auto', 'torch', 'blocked', 'triton'.*'fast'"),
+        (torch.zeros(4), torch.zeros(5, 3), "auto", ValueError, r"x must be 2-D \(N, D\)"),
+        (torch.zeros(4, 3), torch.zeros(5, 3, 1), "auto", ValueError, r"codebook must be 2-D \(K, D\)"),
+        (torch.zeros(4, 3), torch.zeros(5, 2), "auto", ValueError, "same D"),
+        (torch.zeros(4, 3, dtype=torch.long), torch.zeros(5, 3), "auto", TypeError, "x must be a floating"),
+        (torch.zeros(4, 3), torch.zeros(0, 3), "auto", ValueError, "K >= 1"),
+        (torch.zeros(4, 3), torch.zeros(5, 3, device="meta"), "auto", ValueError, "same device"),
+        ([[0.0, 1.0]], torch.zeros(5, 2), "auto", TypeError, "torch.Tensor"),
+    ],
+)
+def test_bad_input_errors(x: object, codebook: object, backend: str, err: type, match: str) -> None:
+    with pytest.raises(err, match=match):
+        nearest_code(x, codebook, backend=backend)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_bench_smoke(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The benchmark runs on a tiny grid and writes a table that agrees with its JSON."""
+    from vqstudy.bench import BenchConfig, run_bench, write_results
+
+    cfg = BenchConfig(grid=((256, 300, 8),), repeats=2, train_repeats=1, gemm_size=128, memory=False,
+                      methods=("vqstudy", "cdist"))  # fmt: skip
+    results = run_bench(cfg)
+    md, js = write_results(results, tmp_path, "pytest")
+    loaded = json.loads(js.read_text())
+    rows = {r["method"]: r for r in loaded["entries"][0]["methods"]}
+    assert set(rows) == {"vqstudy", "cdist"} and all(r["time_s"] > 0 for r in rows.values())
+    assert rows["vqstudy"]["gflops"] == pytest.approx(2 * 256 * 300 * 8 / rows["vqstudy"]["time_s"] / 1e9)
+    assert "| 256 | 300 | 8 | vqstudy |" in md.read_text()
+    with pytest.raises(ValueError, match="methods"):
+        BenchConfig(methods=("nope",))
