@@ -43,6 +43,9 @@ MIN_CODES_FOR_GROUPS = 256
 """Below this many codes the plain min-with-index is used (G = 1)."""
 ROW_ALIGN = 16
 """block_rows is rounded down to a multiple of this (when larger), which keeps the GEMM on its fast path."""
+MIN_WORK_FOR_WORKERS = 1 << 25
+"""Below this N*K, search in the calling thread with torch's own intra-op threads: switching torch to one
+thread and back restarts the OpenMP pool, which costs more than a small search (and slows the next op)."""
 
 
 class BlockedPlan(NamedTuple):
@@ -158,7 +161,7 @@ def nearest_code_blocked(
     n, d = x.shape
     k = codebook.shape[0]
     if plan is None:
-        workers = torch.get_num_threads() if x.device.type == "cpu" else 1
+        workers = torch.get_num_threads() if x.device.type == "cpu" and n * k >= MIN_WORK_FOR_WORKERS else 1
         plan = blocked_plan(n, k, d, x.element_size(), workers)
     c_aug_t = _augmented_codebook(codebook, plan.padded_codes).T  # (D+1, Kp)
     indices = torch.empty(n, dtype=torch.long, device=x.device)
