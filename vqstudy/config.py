@@ -160,6 +160,17 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
     return cls(**kwargs)
 
 
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`base` updated by `extra`, recursing into nested dicts (the YAML <- command-line merge)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def _dataclass_in(hint: Any) -> type | None:
     """The dataclass type inside a hint like `X`, `X | None` or `Optional[X]`."""
     if dataclasses.is_dataclass(hint):

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from vqstudy.capacity import count_parameters, match_single_level
-from vqstudy.config import QuantizerConfig, from_dict, to_dict
+from vqstudy.config import QuantizerConfig, deep_merge, from_dict, to_dict
 from vqstudy.data.images import ImageDataConfig, ImageDataModule
 from vqstudy.models import HierarchicalVQVAEConfig, VQVAEConfig, build_model
 from vqstudy.train import TrainConfig, fit_model
@@ -68,17 +68,6 @@ def load_pair_config(path: str | Path | None = None, overrides: dict[str, Any] |
             raise ValueError(f"{path}: expected a mapping of PairConfig fields, got {type(data).__name__}")
     data = deep_merge(data, overrides or {})
     return from_dict(PairConfig, data, where=str(path) if path else "PairConfig")
-
-
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """`base` updated by `extra`, recursing into nested dicts."""
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def single_config(cfg: PairConfig) -> tuple[VQVAEConfig, Any]:

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vqstudy.pair import deep_merge, load_pair_config, run_pair
+from vqstudy.config import deep_merge
+from vqstudy.pair import load_pair_config, run_pair
 
 log = logging.getLogger(__name__)
 
