@@ -191,7 +191,8 @@ class Quantizer(nn.Module):
             if cfg.dead_code_reset and int(self.step) % cfg.reset_every == 0:
                 resets = self._reset_dead_codes()
 
-        q_st = z + (q - z).detach() if z.requires_grad else q  # straight-through estimator
+        # straight-through estimator; z - sg(z) is exactly 0, so the value is exactly the code (decode_indices matches)
+        q_st = q.detach() + (z - z.detach()) if z.requires_grad else q
         quantized = self.project_out(q_st).reshape(*lead, cfg.dim)
         stats = QuantizeStats(
             perplexity=perplexity.detach(),
