@@ -56,7 +56,9 @@ def machine() -> str:
 
     import torch
 
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.platform()}"
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+            f"{platform.platform()}, load average at the end {load} (other jobs shared the cores)")
 
 
 def level_rows(name: str, seed: int, result: dict[str, Any]) -> list[dict[str, Any]]:
