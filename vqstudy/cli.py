@@ -98,6 +98,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return export_main(args.rest) or 0
 
 
+def cmd_bottleneck(args: argparse.Namespace) -> int:
+    from vqstudy.bottleneck import main as bottleneck_main
+
+    return bottleneck_main(args.rest) or 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqstudy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -132,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["train", "eval", "sweep"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_actions)
+
+    p = sub.add_parser("bottleneck", help="encoder quality x policy head x codebook size grid (arXiv 2604.03191)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bottleneck)
 
     p = sub.add_parser("export", help="export a trained action tokenizer for a VLA head", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
