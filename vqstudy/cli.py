@@ -25,8 +25,19 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = _yaml_value(raw)
     return out
+
+
+def _yaml_value(raw: str) -> Any:
+    """A YAML scalar/list/dict; also '1e-3', which YAML 1.1 reads as a string, as a float."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _rich_table(title: str, rows: list[dict[str, Any]]) -> None:
@@ -149,7 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PASSTHROUGH = {"bench": cmd_bench, "bottleneck": cmd_bottleneck, "export": cmd_export}
+"""Subcommands that hand every following argument to their own parser (so `--help` reaches it)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        return PASSTHROUGH[argv[0]](argparse.Namespace(command=argv[0], rest=argv[1:]))
+    if len(argv) >= 2 and argv[0] == "actions" and argv[1] in ("train", "eval", "sweep"):
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        return cmd_actions(argparse.Namespace(command="actions", action=argv[1], rest=argv[2:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
