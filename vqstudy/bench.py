@@ -21,7 +21,6 @@ import gc
 import json
 import logging
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -29,11 +28,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from vqstudy.machine import loadavg, machine_info
 
 log = logging.getLogger(__name__)
 
@@ -78,37 +79,6 @@ class BenchConfig:
         if unknown:
             raise ValueError(f"BenchConfig.methods has unknown {sorted(unknown)}; expected a subset of "
                              f"{list(SEARCH_METHODS + TRAIN_METHODS)}")  # fmt: skip
-
-
-def _loadavg() -> list[float] | None:
-    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, core counts, library versions and load average (the machine may be shared)."""
-    cpu = platform.processor() or "unknown"
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        found = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-        cpu = found.group(1).strip() if found else cpu
-    except OSError:
-        pass
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for mod in ("triton", "vector_quantize_pytorch"):
-        try:
-            from importlib.metadata import version
-
-            versions[mod] = version(mod.replace("_", "-"))
-        except Exception:  # not installed: recorded as missing
-            versions[mod] = None
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-        "versions": versions,
-        "loadavg": _loadavg(),
-    }
 
 
 def _times(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
@@ -286,7 +256,7 @@ def run_bench(cfg: BenchConfig | None = None) -> dict[str, Any]:
     machine = machine_info()
     started = time.time()
     entries = [_entry(cfg, n, k, d) for n, k, d in cfg.grid]
-    machine["loadavg_end"] = _loadavg()
+    machine["loadavg_end"] = loadavg()
     return {
         "machine": machine,
         "config": asdict(cfg),
@@ -343,7 +313,7 @@ def to_markdown(results: dict[str, Any], command: str) -> str:
         "",
         f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch threads {m['torch_threads']}, "
         f"torch {m['versions']['torch']}, triton {m['versions']['triton']}, "
-        f"vector-quantize-pytorch {m['versions']['vector_quantize_pytorch']}, python {m['versions']['python']}. "
+        f"vector-quantize-pytorch {m['versions']['vector-quantize-pytorch']}, python {m['versions']['python']}. "
         f"Load average (1/5/15 min) at start {_round(m['loadavg'])}, at end {_round(m.get('loadavg_end'))} "
         "(a shared machine: other "
         "processes competed for the cores during the run).",

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from vqstudy.config import deep_merge
+from vqstudy.machine import machine_line
 from vqstudy.pair import load_pair_config, run_pair
 
 log = logging.getLogger(__name__)
@@ -41,24 +41,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 def code_dim_variants(dims: list[int]) -> dict[str, dict[str, Any]]:
     """Single-level 'full' variants with other lookup widths (the code-dimension sweep)."""
     return {f"single_cdim{d}": {"models": ["single"], "single_quantizer": {"codebook_dim": d}} for d in dims}
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    import torch
-
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-            f"{platform.platform()}, load average at the end {load} (other jobs shared the cores)")
 
 
 def level_rows(name: str, seed: int, result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -124,7 +106,7 @@ def run_study(
             log.info("study: %s seed %d", name, seed)
             rows += level_rows(name, seed, run_pair(cfg))
     study = {"base_config": str(base_config), "seeds": seeds, "variants": variants, "overrides": overrides or {},
-             "machine": machine(), "wall_seconds": time.perf_counter() - t0, "rows": rows, "aggregate": aggregate(rows)}
+             "machine": machine_line(), "wall_seconds": time.perf_counter() - t0, "rows": rows, "aggregate": aggregate(rows)}
     (out_dir / "study.json").write_text(json.dumps(study, indent=2, default=float))
     return study
 
@@ -176,7 +158,7 @@ def throughput_markdown(rows: list[dict[str, Any]], command: str) -> str:
     """Training img/s of each model with the vqstudy quantizer vs the vqp backend, same run."""
     by = {(r["model"], r["backend"]): r["images_per_second"] for r in rows}
     lines = ["# Training throughput: vqstudy quantizer vs vector-quantize-pytorch backend", "",
-             f"Command: `{command}`", "", f"Machine: {machine()}.", "",
+             f"Command: `{command}`", "", f"Machine: {machine_line()}.", "",
              "| model | vqstudy img/s | vqp img/s | speed-up |", "|---|---|---|---|"]
     for model in ("hierarchical", "single"):
         ours, theirs = by.get((model, "vqstudy"), math.nan), by.get((model, "vqp"), math.nan)
