@@ -167,13 +167,11 @@ PASSTHROUGH = {"bench": cmd_bench, "bottleneck": cmd_bottleneck, "export": cmd_e
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PASSTHROUGH:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        return PASSTHROUGH[argv[0]](argparse.Namespace(command=argv[0], rest=argv[1:]))
-    if len(argv) >= 2 and argv[0] == "actions" and argv[1] in ("train", "eval", "sweep"):
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        return cmd_actions(argparse.Namespace(command="actions", action=argv[1], rest=argv[2:]))
-    parser = build_parser()
-    args = parser.parse_args(argv)
+        args = argparse.Namespace(command=argv[0], rest=argv[1:], func=PASSTHROUGH[argv[0]], verbose=False)
+    elif len(argv) >= 2 and argv[0] == "actions" and argv[1] in ("train", "eval", "sweep"):
+        args = argparse.Namespace(command="actions", action=argv[1], rest=argv[2:], func=cmd_actions, verbose=False)
+    else:
+        args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
