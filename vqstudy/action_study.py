@@ -32,18 +32,17 @@ import torch
 
 from vqstudy.actions import (
     ActionsConfig,
-    deep_merge,
     fit_with_curve,
     make_tokenizer,
-    read_yaml,
     to_jsonable,
     tokenizer_config,
     val_episodes,
 )
 from vqstudy.action_metrics import evaluate_episodes
-from vqstudy.config import from_dict, to_dict
+from vqstudy.config import deep_merge, load_config, to_dict
 from vqstudy.export import TOKENIZER_KINDS, ActionTokenizer
 from vqstudy.ordering import code_vectors, codebook_order, neighbour_error, rank_correlation
+from vqstudy.machine import machine_line
 
 logger = logging.getLogger(__name__)
 
@@ -121,24 +120,7 @@ class SweepConfig:
 
 def load_sweep_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> SweepConfig:
     """Defaults <- YAML file <- `overrides` (nested dicts)."""
-    data = deep_merge(read_yaml(path, "SweepConfig"), overrides or {})
-    return from_dict(SweepConfig, data, where=str(path) if path else "SweepConfig")
-
-
-def machine() -> str:
-    """CPU model, core count, torch version (for results files)."""
-    import os
-    import platform
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.platform()}"
+    return load_config(SweepConfig, path, overrides)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,7 +248,7 @@ def run_sweep(cfg: SweepConfig, command: str = "") -> dict[str, Any]:
             records.append(run_one(cfg, name, kind, fields, seed, data))
     study: dict[str, Any] = {
         "command": command,
-        "machine": machine(),
+        "machine": machine_line(),
         "wall_seconds": time.perf_counter() - start,
         "config": to_dict(cfg),
         "data": {"source": cfg.base.data.source, "train_chunks": len(data.train), "val_chunks": len(data.val),

@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple, Sequence
 
 import torch
-import yaml
 from torch import Tensor
 
 from vqstudy.action_metrics import chunk_bits, evaluate_episodes
-from vqstudy.config import from_dict, to_dict
+from vqstudy.config import from_dict, load_config, to_dict
 from vqstudy.data.trajectories import TrajectoryData, TrajectoryDataConfig, build_trajectory_datasets
 from vqstudy.export import TOKENIZER_KINDS, ActionTokenizer, build_tokenizer
 from vqstudy.models.action_tokenizers import ChunkTokenizer
@@ -150,29 +149,9 @@ class ActionsConfig:
         return Path(self.out_dir) / self.name
 
 
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """`base` updated by `extra`, recursing into nested dicts."""
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def read_yaml(path: str | Path | None, what: str) -> dict[str, Any]:
-    """The mapping in a YAML file ({} for None); ValueError if the file holds something else."""
-    if path is None:
-        return {}
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of {what} fields, got {type(data).__name__}")
-    return data
-
-
 def load_actions_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ActionsConfig:
     """Defaults <- YAML file <- `overrides` (nested dicts, e.g. {'train': {'steps': 10}})."""
-    data = deep_merge(read_yaml(path, "ActionsConfig"), overrides or {})
-    return from_dict(ActionsConfig, data, where=str(path) if path else "ActionsConfig")
+    return load_config(ActionsConfig, path, overrides)
 
 
 def tokenizer_config(kind: str, fields: dict[str, Any], horizon: int, action_dim: int, seed: int) -> Any:

@@ -11,8 +11,11 @@ import dataclasses
 import inspect
 import math
 import textwrap
+from pathlib import Path
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
 
 UpdateRule = Literal["ema", "grad"]
 QuantizerBackend = Literal["vqstudy", "vqp"]
@@ -169,6 +172,26 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def read_yaml(path: str | Path | None, what: str) -> dict[str, Any]:
+    """The mapping in a YAML file ({} for None); ValueError naming the file if it holds something else."""
+    if path is None:
+        return {}
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of {what} fields, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                base: dict[str, Any] | None = None) -> Any:
+    """Dataclass `cls` from defaults <- `base` <- YAML file <- `overrides` (nested dicts)."""
+    data = deep_merge(read_yaml(path, cls.__name__), overrides or {})
+    if base is not None:
+        data = deep_merge(base, data)
+    return from_dict(cls, data, where=str(path) if path else cls.__name__)
 
 
 def _dataclass_in(hint: Any) -> type | None:

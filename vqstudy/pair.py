@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from vqstudy.capacity import count_parameters, match_single_level
-from vqstudy.config import QuantizerConfig, deep_merge, from_dict, to_dict
+from vqstudy.config import QuantizerConfig, load_config, to_dict
 from vqstudy.data.images import ImageDataConfig, ImageDataModule
 from vqstudy.models import HierarchicalVQVAEConfig, VQVAEConfig, build_model
 from vqstudy.train import TrainConfig, fit_model
@@ -60,14 +59,7 @@ class PairConfig:
 
 def load_pair_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PairConfig:
     """Defaults <- YAML file <- `overrides` (nested dicts, e.g. {'train': {'max_steps': 10}})."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of PairConfig fields, got {type(data).__name__}")
-    data = deep_merge(data, overrides or {})
-    return from_dict(PairConfig, data, where=str(path) if path else "PairConfig")
+    return load_config(PairConfig, path, overrides)
 
 
 def single_config(cfg: PairConfig) -> tuple[VQVAEConfig, Any]:
@@ -80,9 +72,16 @@ def single_config(cfg: PairConfig) -> tuple[VQVAEConfig, Any]:
     return single, match
 
 
-def run_pair(cfg: PairConfig, recon_metrics_factory=None) -> dict[str, Any]:
+def run_pair(cfg: PairConfig, recon_metrics_factory=None, command: str | None = None) -> dict[str, Any]:
     """Train the pair and write every output; returns the metrics dict (also in metrics.json)."""
+    import shlex
+    import sys
+    import time
+
+    from vqstudy.machine import machine_line
     from vqstudy.plots import plot_run
+
+    t0 = time.perf_counter()
 
     run_dir = Path(cfg.out_dir) / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +92,7 @@ def run_pair(cfg: PairConfig, recon_metrics_factory=None) -> dict[str, Any]:
         recon_metrics_factory = default_recon_metrics(cfg.train)
     results: dict[str, Any] = {
         "name": cfg.name,
+        "command": command or shlex.join(["vqstudy", *sys.argv[1:]]),
         "config": to_dict(cfg),
         "single_config": to_dict(single),
         "capacity": match.as_row(),
@@ -118,6 +118,8 @@ def run_pair(cfg: PairConfig, recon_metrics_factory=None) -> dict[str, Any]:
     samples["target"] = next(iter(datamodule.val_dataloader()))[:8]
     write_curves(run_dir, cfg.models)
     save_samples(run_dir / "recon_samples.safetensors", samples)
+    results["machine"] = machine_line()
+    results["wall_seconds"] = time.perf_counter() - t0
     with open(run_dir / "metrics.json", "w") as f:
         json.dump(results, f, indent=2, default=float)
     plot_run(run_dir)
@@ -209,6 +211,10 @@ def summary_markdown(results: dict[str, Any]) -> str:
     cap = results["capacity"]
     lines = [
         f"# Pair run `{results['name']}`",
+        "",
+        f"Command: `{results.get('command', '')}`",
+        "",
+        f"Machine: {results.get('machine', 'unknown')}. Wall time: {results.get('wall_seconds', math.nan) / 60:.1f} min.",
         "",
         f"Capacity: hierarchical {cap.get('hier_bits')} bits/image vs single {cap.get('single_bits')} "
         f"(relative gap {cap.get('relative_gap', math.nan):.4%}).",

@@ -104,7 +104,7 @@ def run_study(
                                          "train": {"seed": seed}})
             cfg = load_pair_config(base_config, deep_merge(overrides or {}, extra))
             log.info("study: %s seed %d", name, seed)
-            rows += level_rows(name, seed, run_pair(cfg))
+            rows += level_rows(name, seed, run_pair(cfg, command=f"vqstudy.study.run_study: variant {name}, seed {seed}"))
     study = {"base_config": str(base_config), "seeds": seeds, "variants": variants, "overrides": overrides or {},
              "machine": machine_line(), "wall_seconds": time.perf_counter() - t0, "rows": rows, "aggregate": aggregate(rows)}
     (out_dir / "study.json").write_text(json.dumps(study, indent=2, default=float))
@@ -120,7 +120,7 @@ def run_throughput(base_config: str | Path, out_dir: str | Path, steps: int, ove
                  "hierarchical": {"top": q, "bottom": q}, "single_quantizer": q,
                  "train": {"max_steps": steps, "val_every": steps, "lpips": False, "rfid": False}}
         cfg = load_pair_config(base_config, deep_merge(overrides or {}, extra))
-        result = run_pair(cfg)
+        result = run_pair(cfg, command=f"vqstudy.study.run_throughput: backend {backend}")
         for which, res in result["models"].items():
             rows.append({"model": which, "backend": backend, "images_per_second": res["images_per_second"]})
     return rows

@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
 from vqstudy.bc.encoders import EncoderSpec
 from vqstudy.bc.heads import HeadConfig
-from vqstudy.config import QuantizerConfig, from_dict, to_dict
+from vqstudy.config import QuantizerConfig, from_dict, load_config, to_dict
 from vqstudy.data.trajectories import TrajectoryDataConfig
 
 TOKENIZER_KINDS = ("fsq", "vq")
@@ -186,21 +185,6 @@ class BottleneckConfig:
             raise ValueError(f"BottleneckConfig.data.horizon ({self.data.horizon}) must be >= 2")
 
 
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """`base` updated by `extra`, recursing into nested dicts (lists are replaced)."""
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def load_bottleneck_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> BottleneckConfig:
     """Defaults <- YAML file <- `overrides` (nested dicts, e.g. {'head': {'steps': 10}})."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of BottleneckConfig fields, got {type(data).__name__}")
-    merged = deep_merge(to_dict(BottleneckConfig()), deep_merge(data, overrides or {}))
-    return from_dict(BottleneckConfig, merged, where=str(path) if path else "BottleneckConfig")
+    return load_config(BottleneckConfig, path, overrides, base=to_dict(BottleneckConfig()))
