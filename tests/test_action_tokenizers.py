@@ -26,13 +26,7 @@ from vqstudy.models.action_tokenizers import (
 H, A = 8, 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster (and steadier on a busy machine) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster and steadier
 
 
 def synthetic_chunks(n: int = 256, prototypes: int = 8, noise: float = 0.01, seed: int = 0) -> torch.Tensor:

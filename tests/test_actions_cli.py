@@ -30,12 +30,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 A = 7
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster and steadier
 
 
 def write_demos(path: Path, lengths=(60, 48, 52), seed: int = 0) -> Path:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vqstudy.bc.config import BottleneckConfig, TokenizerSpec, load_bottleneck_config
+from vqstudy.bc.config import TokenizerSpec, load_bottleneck_config
 from vqstudy.bc.data import build_bc_data
 from vqstudy.bc.encoders import EncoderSpec, StateEncoder, build_encoder, linear_probe, policy_inputs
 from vqstudy.bc.experiment import action_errors
@@ -22,13 +22,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BOTTLENECK_YAMLS = sorted(CONFIGS.glob("bottleneck_*.yaml"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: on a busy 2-core machine one thread is much faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster and steadier
 
 
 def synthetic_episodes(n_tasks: int = 2, length: int = 48, state_dim: int = 6, seed: int = 0) -> list[Episode]:

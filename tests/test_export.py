@@ -28,12 +28,7 @@ from vqstudy.models.action_tokenizers import (
 H, A = 4, 4  # 3 position deltas + gripper
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster and steadier
 
 
 def raw_actions(n: int = 128, seed: int = 0) -> torch.Tensor:

@@ -1,7 +1,6 @@
 """Properties of the shared Quantizer (tiny tensors)."""
 
 import math
-import warnings
 
 import pytest
 import torch
