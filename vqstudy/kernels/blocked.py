@@ -34,9 +34,10 @@ import torch
 
 from vqstudy.kernels.reference import exact_sqdist
 
-TARGET_BUFFER_BYTES = 4 * 2**20
-"""Size of one worker's (B, Kp) distance block; B = TARGET_BUFFER_BYTES / (Kp * itemsize). Tuned on a
-2-core Xeon (AVX-512, 2 MiB L2 per core), see results/bench_nearest.md."""
+TARGET_BUFFER_BYTES = 8 * 2**20
+"""Size of one worker's (B, Kp) distance block; B = TARGET_BUFFER_BYTES / (Kp * itemsize). Swept on the idle
+2-core Xeon (4/8/16/32/64 MiB): 8 MiB was best or near-best at (65536, 4096, 32), (32768, 1024, 64) and
+(65536, 16384, 32); fewer, larger blocks cost less per-block overhead than they lose to cache misses."""
 GROUPS = 16
 """G: codes are split into G interleaved groups for the two-level argmin."""
 MIN_CODES_FOR_GROUPS = 256
