@@ -210,3 +210,16 @@ def test_evaluate_episodes_on_bins():
     assert out["gripper_acc"] == 1
     assert out["mse_mean"] < 1e-3 and out["drift_final"] > 0
     assert out["mse"].shape == (A,)
+
+
+def test_action_space_seriation_orders_decoded_actions_and_survives_reload(tmp_path):
+    from vqstudy.ordering import code_vectors, rank_correlation
+
+    tok = trained("vq", order="seriate_action")
+    native = torch.arange(tok.tokenizer.vocab_size)
+    (effects,) = code_vectors(tok.tokenizer, "action")  # (K, L*H*A) each code's effect on the decoded chunk
+    assert rank_correlation(tok.order, effects) > rank_correlation(native, effects) + 0.2
+    tok.save_pretrained(tmp_path)
+    assert torch.equal(ActionTokenizer.from_pretrained(tmp_path).order, tok.order)
+    with pytest.raises(ValueError, match="seriate_action"):
+        trained("vq", order="sorted")

@@ -3,7 +3,7 @@
     vqstudy actions train --config configs/actions_vq.yaml [--set train.steps=300]
     vqstudy actions eval  --config configs/actions_vq.yaml [--checkpoint DIR]
     vqstudy actions sweep --config configs/actions_sweep.yaml
-    vqstudy export --checkpoint DIR --out DIR [--id-mode last_n --lm-vocab-size 32000] [--order seriate]
+    vqstudy export --checkpoint DIR --out DIR [--id-mode last_n --lm-vocab-size 32000] [--order seriate_action]
 
 Config merge order: dataclass defaults <- YAML (--config) <- `--set a.b=value` (values parsed as YAML).
 
@@ -83,14 +83,16 @@ class ExportOptions:
     """First LM id of the action tokens in 'offset' mode."""
     lm_vocab_size: int | None = None
     """Size of the LM vocabulary (required for 'last_n'; checked to hold every action id)."""
-    order: Literal["seriate", "none"] = "seriate"
-    """'seriate': renumber codes so neighbouring ids decode to neighbouring actions (vqstudy.ordering); 'none'."""
+    order: Literal["seriate_action", "seriate", "none"] = "seriate_action"
+    """Renumber codes so neighbouring ids decode to neighbouring actions (vqstudy.ordering): 'seriate_action'
+    seriates each code's effect on the decoded chunk (orders better in results/actions), 'seriate' the latent
+    code vectors; 'none' keeps native ids."""
 
     def __post_init__(self) -> None:
         if self.id_mode not in ("offset", "last_n"):
             raise ValueError(f"ExportOptions.id_mode ({self.id_mode!r}) must be 'offset' or 'last_n'")
-        if self.order not in ("seriate", "none"):
-            raise ValueError(f"ExportOptions.order ({self.order!r}) must be 'seriate' or 'none'")
+        if self.order not in ("seriate_action", "seriate", "none"):
+            raise ValueError(f"ExportOptions.order ({self.order!r}) must be 'seriate_action', 'seriate' or 'none'")
         if self.id_mode == "last_n" and self.lm_vocab_size is None:
             raise ValueError("ExportOptions.lm_vocab_size (None) must be set with id_mode 'last_n'")
         if isinstance(self.token_offset, bool) or not isinstance(self.token_offset, int) or self.token_offset < 0:
@@ -263,7 +265,7 @@ def write_curve(path: Path, curve: Sequence[CurvePoint]) -> Path:
 def make_action_tokenizer(tokenizer: ChunkTokenizer, data: TrajectoryData, export: ExportOptions) -> ActionTokenizer:
     """The exportable tokenizer: trained `tokenizer` + the train-split normalizer + id mapping and order."""
     return ActionTokenizer(tokenizer, data.normalizer, id_mode=export.id_mode, token_offset=export.token_offset,
-                           lm_vocab_size=export.lm_vocab_size, order="seriate" if export.order == "seriate" else None)
+                           lm_vocab_size=export.lm_vocab_size, order=None if export.order == "none" else export.order)
 
 
 def val_episodes(data: TrajectoryData) -> list[Tensor]:
@@ -325,11 +327,11 @@ def eval_run(cfg: ActionsConfig, checkpoint: str | Path | None = None, data: Tra
 def reexport(checkpoint: str | Path, out: str | Path, id_mode: str, token_offset: int = 0,
              lm_vocab_size: int | None = None, order: str = "keep") -> ActionTokenizer:
     """Load a saved ActionTokenizer and save it again with another LM id mapping and id order
-    ('keep' the saved one, 'seriate' anew, or 'none')."""
-    if order not in ("keep", "seriate", "none"):
-        raise ValueError(f"order ({order!r}) must be 'keep', 'seriate' or 'none'")
+    ('keep' the saved one, 'seriate_action' or 'seriate' anew, or 'none')."""
+    if order not in ("keep", "seriate_action", "seriate", "none"):
+        raise ValueError(f"order ({order!r}) must be 'keep', 'seriate_action', 'seriate' or 'none'")
     src = ActionTokenizer.from_pretrained(checkpoint)
-    new_order = {"keep": src.order, "seriate": "seriate", "none": None}[order]
+    new_order = {"keep": src.order, "seriate_action": "seriate_action", "seriate": "seriate", "none": None}[order]
     tok = ActionTokenizer(src.tokenizer, src.normalizer, id_mode=id_mode, token_offset=token_offset,
                           lm_vocab_size=lm_vocab_size, order=new_order)
     tok.save_pretrained(out)
@@ -427,7 +429,7 @@ def _command(argv: Sequence[str]) -> str:
 
 
 def export_main(argv: Sequence[str]) -> int:
-    """`vqstudy export --checkpoint DIR --out DIR [--id-mode last_n --lm-vocab-size N] [--order keep|seriate|none]`."""
+    """`vqstudy export --checkpoint DIR --out DIR [--id-mode last_n --lm-vocab-size N] [--order keep|seriate_action|seriate|none]`."""
     return _reporting_errors("vqstudy export", lambda: _export(argv))
 
 
@@ -438,7 +440,8 @@ def _export(argv: Sequence[str]) -> int:
     p.add_argument("--id-mode", choices=["offset", "last_n"], default="offset")
     p.add_argument("--token-offset", type=int, default=0, help="first LM id of the action tokens (offset mode)")
     p.add_argument("--lm-vocab-size", type=int, default=None, help="LM vocabulary size (required for last_n)")
-    p.add_argument("--order", choices=["keep", "seriate", "none"], default="keep", help="id order: keep the saved one, seriate anew, or none")
+    p.add_argument("--order", choices=["keep", "seriate_action", "seriate", "none"], default="keep",
+                   help="id order: keep the saved one, seriate anew (on decoded actions or latent codes), or none")
     args = p.parse_args(_strip_separator(argv))
     tok = reexport(args.checkpoint, args.out, args.id_mode, args.token_offset, args.lm_vocab_size, args.order)
     low, high = tok.id_range

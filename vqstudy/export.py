@@ -77,10 +77,11 @@ class ActionTokenizer(nn.Module):
         id_mode: IdMode = "offset",
         token_offset: int = 0,
         lm_vocab_size: int | None = None,
-        order: Tensor | Literal["seriate"] | None = None,
+        order: Tensor | Literal["seriate", "seriate_action"] | None = None,
     ) -> None:
         """`normalizer`: a fitted `vqstudy.data.normalize.QuantileNormalizer` (None: actions are already
-        normalized). `order`: an id permutation (see vqstudy.ordering), "seriate" to compute one, or None."""
+        normalized). `order`: an id permutation (see vqstudy.ordering), "seriate" (seriate the latent code
+        vectors), "seriate_action" (seriate each code's effect on the decoded chunk), or None."""
         super().__init__()
         k = tokenizer.vocab_size
         if id_mode not in ("offset", "last_n"):
@@ -103,9 +104,10 @@ class ActionTokenizer(nn.Module):
         self.normalizer = normalizer
         self.id_mode, self.token_offset, self.lm_vocab_size = id_mode, token_offset, lm_vocab_size
         if isinstance(order, str):
-            if order != "seriate":
-                raise ValueError(f"order ({order!r}) must be a tensor, 'seriate' or None")
-            order = codebook_order(tokenizer)
+            spaces = {"seriate": "latent", "seriate_action": "action"}
+            if order not in spaces:
+                raise ValueError(f"order ({order!r}) must be a tensor, one of {sorted(spaces)}, or None")
+            order = codebook_order(tokenizer, space=spaces[order])
         if order is not None:
             order = torch.as_tensor(order).long().cpu()
             check_order(order, tokenizer)
