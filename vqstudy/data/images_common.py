@@ -135,6 +135,22 @@ def pil_to_float(img: Image.Image) -> torch.Tensor:
     return TF.pil_to_tensor(img).float().div_(255.0)
 
 
+class SkipCounted:
+    """Mixin for datasets that keep a `SkipLog` in `self.log`: exposes its counters."""
+
+    log: SkipLog
+
+    @property
+    def num_skipped(self) -> int:
+        """How many bad images were skipped so far (in this process)."""
+        return self.log.num_skipped
+
+    @property
+    def skipped_files(self) -> list[str]:
+        """Names of the skipped images (the first 1000, in this process)."""
+        return self.log.skipped_files
+
+
 class EpochSampler(Sampler[int]):
     """Yields draw indices ``epoch * n + i`` for i in a (seeded, per-epoch) permutation of range(n).
 

@@ -17,7 +17,7 @@ import torch
 from einops import rearrange, repeat
 from torch.utils.data import Dataset
 
-from vqstudy.data.images_common import SkipLog, crop_params
+from vqstudy.data.images_common import SkipCounted, SkipLog, crop_params
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _drop_small(images: Mapping[str, torch.Tensor], crop_size: int, log: SkipLog
     return keep
 
 
-class RandomCropDataset(Dataset):
+class RandomCropDataset(SkipCounted, Dataset):
     """``samples_per_epoch`` random (flipped) square crops of in-memory images, as float (3, c, c).
 
     Item ``k`` (any k >= 0; :class:`EpochSampler` gives ``epoch * len + i``) picks an image uniformly,
@@ -136,11 +136,6 @@ class RandomCropDataset(Dataset):
             raise ValueError(f"no training image is at least crop_size ({crop_size}) on both sides: {list(images)}")
         self.names = list(self.images)
         self.crop_size, self.samples_per_epoch, self.seed, self.flip = crop_size, samples_per_epoch, seed, flip
-
-    @property
-    def num_skipped(self) -> int:
-        """How many images were dropped (too small or not loadable)."""
-        return self.log.num_skipped
 
     def __len__(self) -> int:
         return self.samples_per_epoch
@@ -168,7 +163,7 @@ def tile_origins(h: int, w: int, crop_size: int) -> list[tuple[int, int]]:
     return [(top0 + i * crop_size, left0 + j * crop_size) for i in range(rows) for j in range(cols)]
 
 
-class TiledCropDataset(Dataset):
+class TiledCropDataset(SkipCounted, Dataset):
     """Every tile of a centred, non-overlapping grid over each image, as float (3, c, c); deterministic."""
 
     def __init__(self, images: Mapping[str, torch.Tensor], crop_size: int, strict: bool = False) -> None:
@@ -178,11 +173,6 @@ class TiledCropDataset(Dataset):
         self.tiles = [(name, top, left) for name, img in self.images.items() for top, left in tile_origins(*img.shape[-2:], crop_size)]
         if not self.tiles:
             raise ValueError(f"no validation tiles: no held-out image is at least crop_size ({crop_size}) on both sides: {list(images)}")
-
-    @property
-    def num_skipped(self) -> int:
-        """How many held-out images gave no tile (too small)."""
-        return self.log.num_skipped
 
     def __len__(self) -> int:
         return len(self.tiles)

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from vqstudy.data.images_common import (
     MAX_CONSECUTIVE_SKIPS,
     ImageSource,
+    SkipCounted,
     SkipLog,
     center_crop_pil,
     prepare,
@@ -90,23 +91,13 @@ def parquet_files(root: str | Path, split: str) -> list[str]:
     )
 
 
-class _CropDataset(Dataset):
+class _CropDataset(SkipCounted, Dataset):
     """Map-style base: item ``k`` is source ``k % n``; a bad image is replaced by the next one."""
 
     def __init__(self, n: int, crop_size: int, train: bool, seed: int, flip: bool, resize_short_side: int | None, strict: bool) -> None:
         self.n, self.crop_size, self.train, self.seed, self.flip = n, crop_size, train, seed, flip
         self.resize_short_side = resize_short_side
         self.log = SkipLog(strict)
-
-    @property
-    def num_skipped(self) -> int:
-        """How many bad images were skipped so far (in this process)."""
-        return self.log.num_skipped
-
-    @property
-    def skipped_files(self) -> list[str]:
-        """Names of the skipped images (the first 1000, in this process)."""
-        return self.log.skipped_files
 
     def source(self, i: int) -> tuple[ImageSource, str]:
         """The encoded image (path or bytes) of item ``i`` and a name for messages."""
@@ -170,7 +161,7 @@ class ParquetCrops(_CropDataset):
         return _row_source(self.hf[i], self.split, i)
 
 
-class ParquetStream(IterableDataset):
+class ParquetStream(SkipCounted, IterableDataset):
     """Streams crops from parquet shards with ``datasets`` streaming; nothing is cached on disk.
 
     Training shuffles shard order and a ``shuffle_buffer`` of rows, reseeded per epoch. The epoch
@@ -189,16 +180,6 @@ class ParquetStream(IterableDataset):
         self.epoch = 0
         self._next_epoch: int | None = None
         self._stream = None  # the `datasets` IterableDataset, built at first iteration
-
-    @property
-    def num_skipped(self) -> int:
-        """How many bad images were skipped so far (in this process)."""
-        return self.log.num_skipped
-
-    @property
-    def skipped_files(self) -> list[str]:
-        """Names of the skipped images (the first 1000, in this process)."""
-        return self.log.skipped_files
 
     @property
     def num_rows(self) -> int:
