@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from vqstudy import distributed as D
 from vqstudy.capacity import count_parameters, match_single_level
 from vqstudy.config import QuantizerConfig, load_config, to_dict
 from vqstudy.data.images import ImageDataConfig, ImageDataModule
@@ -116,6 +117,8 @@ def run_pair(cfg: PairConfig, recon_metrics_factory=None, command: str | None = 
         }
         samples[which] = reconstruct_samples(model, datamodule)
     samples["target"] = next(iter(datamodule.val_dataloader()))[:8]
+    if D.rank() != 0:  # under multi-process DDP every rank runs this function; rank 0 writes the outputs
+        return results
     write_curves(run_dir, cfg.models)
     save_samples(run_dir / "recon_samples.safetensors", samples)
     results["machine"] = machine_line()

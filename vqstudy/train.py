@@ -140,7 +140,7 @@ class VQLitModule(pl.LightningModule):
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         out = self.model(images)
-        self.log("val/recon_loss", F.mse_loss(out.recon, images), batch_size=images.shape[0])
+        self.log("val/recon_loss", F.mse_loss(out.recon, images), batch_size=images.shape[0], sync_dist=True)
         for name, level in out.levels.items():
             self.val_usage[name].update(level.indices)
         if self.recon_metrics is not None:
@@ -154,9 +154,8 @@ class VQLitModule(pl.LightningModule):
                 values[f"val/{name}/{key}"] = float(stats[key])
         if self.recon_metrics is not None and self.recon_metrics.num_images:
             values.update({f"val/{k}": v for k, v in self.recon_metrics.compute().items()})
-        for key, value in values.items():
-            if not math.isnan(value):
-                self.log(key, value, sync_dist=False)
+        finite = {k: v for k, v in values.items() if not math.isnan(v)}
+        self.log_dict(finite, sync_dist=True)  # torchmetrics already synced the states: every rank holds these values
         self.last_val = values
 
     def usage_histograms(self) -> dict[str, list[float]]:
