@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import hashlib
 import io
 import logging
 import os
@@ -37,6 +36,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+
+from vqstudy.files import sha256_bytes, sha256_file, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -141,20 +142,6 @@ ASSETS: dict[str, Asset] = {
 # Hashing and atomic writes
 
 
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of the file at ``path``, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_sha(name: str, got: str, expected: str) -> None:
     if got != expected:
         raise AssetHashError(f"sha256 mismatch for {name}: expected {expected}, got {got}")
@@ -163,17 +150,7 @@ def _check_sha(name: str, got: str, expected: str) -> None:
 def _write_verified(path: Path, data: bytes, expected_sha256: str) -> None:
     """Write ``data`` to ``path`` atomically, only if its sha256 is ``expected_sha256``."""
     _check_sha(str(path), sha256_bytes(data), expected_sha256)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ whitelist of kinds (`TOKENIZER_KINDS`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from vqstudy.config import from_dict, to_dict
+from vqstudy.files import sha256_file
 from vqstudy.models.action_baselines import FSQTokenizer, ResidualVQTokenizer, UniformBinTokenizer
 from vqstudy.models.action_tokenizers import ActionVQVAE, ChunkTokenizer, HierarchicalActionVQVAE
 from vqstudy.ordering import check_order, codebook_order, inverse_order
@@ -57,14 +57,6 @@ def build_tokenizer(kind: str, config: Any) -> ChunkTokenizer:
     if isinstance(config, dict):
         config = from_dict(cls.config_class, config, where=f"{cls.config_class.__name__} (kind {kind!r})")
     return cls(config)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ActionTokenizer(nn.Module):

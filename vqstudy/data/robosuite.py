@@ -26,7 +26,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from vqstudy.assets import AssetHashError, default_cache_dir, sha256_bytes, sha256_file
+from vqstudy.assets import AssetHashError, default_cache_dir
+from vqstudy.files import sha256_bytes, sha256_file, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -67,18 +68,6 @@ def _cached_ok(path: Path, task: str) -> bool:
     return path.is_file() and sha256_file(path) == ROBOSUITE_DEMO_SHA256[task]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _download_wheel(dest: Path) -> Path:
     """`pip download` the robosuite 1.0.1 wheel (no dependencies) into `dest`; check its sha256; return it."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", ROBOSUITE_WHEEL,
@@ -116,7 +105,7 @@ def extract_robosuite_demos(wheel: str | Path, cache_dir: str | Path | None = No
             contents[task] = data
     paths = robosuite_demo_paths(cache_dir)
     for task, path in zip(ROBOSUITE_TASKS, paths):
-        _write_atomic(path, contents[task])
+        write_atomic(path, contents[task])
     logger.info("robosuite demos verified and cached in %s", robosuite_demo_dir(cache_dir))
     return paths
 
