@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from vqstudy.action_study import load_sweep_config, run_sweep, write_report
-from vqstudy.cli import parse_overrides
+from vqstudy.config import parse_overrides
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from vqstudy.cli import parse_overrides
+from vqstudy.config import parse_overrides
 from vqstudy.study import (
     VARIANTS,
     code_dim_variants,

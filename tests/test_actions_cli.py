@@ -22,7 +22,7 @@ from vqstudy.actions import (  # noqa: E402
     main,
     make_tokenizer,
 )
-from vqstudy.cli import parse_overrides  # noqa: E402
+from vqstudy.config import parse_overrides  # noqa: E402
 from vqstudy.data.trajectories import build_trajectory_datasets  # noqa: E402
 from vqstudy.export import ActionTokenizer  # noqa: E402
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from vqstudy.cli import main, parse_overrides
+from vqstudy.cli import main
+from vqstudy.config import parse_overrides
 
 
 def test_overrides_nest_and_parse_yaml_values():

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from vqstudy.action_metrics import chunk_bits, evaluate_episodes
-from vqstudy.config import from_dict, load_config, to_dict
+from vqstudy.config import from_dict, load_config, parse_overrides, to_dict
 from vqstudy.data.trajectories import TrajectoryData, TrajectoryDataConfig, build_trajectory_datasets
 from vqstudy.export import TOKENIZER_KINDS, ActionTokenizer, build_tokenizer
 from vqstudy.models.action_tokenizers import ChunkTokenizer
@@ -377,7 +377,6 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _actions(argv: Sequence[str]) -> int:
-    from vqstudy.cli import parse_overrides
 
     parser = argparse.ArgumentParser(prog="vqstudy actions", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

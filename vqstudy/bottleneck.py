@@ -29,7 +29,7 @@ from vqstudy.bc.config import BottleneckConfig, TokenizerSpec, load_bottleneck_c
 from vqstudy.bc.encoders import EncoderSpec
 from vqstudy.bc.experiment import GridResult, run_grid
 from vqstudy.bc.heads import HeadConfig
-from vqstudy.config import to_dict
+from vqstudy.config import parse_overrides, to_dict
 
 __all__ = ["BottleneckConfig", "EncoderSpec", "HeadConfig", "TokenizerSpec", "load_bottleneck_config", "main",
            "run_bottleneck"]
@@ -59,7 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, prog: str = "vqstudy bottleneck") -> int:
     """Entry point of `vqstudy bottleneck`; returns the exit status. `prog` is how the command is recorded."""
-    from vqstudy.cli import parse_overrides
 
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:

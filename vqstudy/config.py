@@ -174,6 +174,32 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """['train.max_steps=10', 'name=x'] -> {'train': {'max_steps': 10}, 'name': 'x'}."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects key.path=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _yaml_value(raw)
+    return out
+
+
+def _yaml_value(raw: str) -> Any:
+    """A YAML scalar/list/dict; also '1e-3', which YAML 1.1 reads as a string, as a float."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def read_yaml(path: str | Path | None, what: str) -> dict[str, Any]:
     """The mapping in a YAML file ({} for None); ValueError naming the file if it holds something else."""
     if path is None:
