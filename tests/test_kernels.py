@@ -154,6 +154,41 @@ def test_duplicate_codes_and_dtypes() -> None:
         assert_nearest(x.half().float(), codebook.half().float(), half)
 
 
+def tied_codebook() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """64 codes of width 5 with exact duplicates straddling boundaries, and 240 rows near the duplicated codes.
+
+    With 16 groups of Kp/G = 4 codes (code = g * 4 + j) and 16-code tiles: (3, 4) and (15, 16) straddle group
+    boundaries (and 15/16 a tile boundary), (7, 40) and (1, 33, 62) put the lower code in a later column j,
+    (31, 32) straddles the middle. Returns x (240, 5), codebook (64, 5), first (240,) = the lowest index of the
+    code every row is nearest to.
+    """
+    g = torch.Generator().manual_seed(11)
+    codebook = torch.randn(64, 5, generator=g)
+    copies = [(3, 4), (15, 16), (7, 40), (31, 32), (1, 33, 62), (8, 9)]
+    for first, *dups in copies:
+        codebook[dups] = codebook[first].clone()
+    firsts = torch.tensor([c[0] for c in copies])
+    first = firsts.repeat(40)  # (240,)
+    x = codebook[first] + 0.01 * torch.randn(240, 5, generator=g)  # rows land in many blocks
+    return x, codebook, first
+
+
+def test_ties_go_to_the_lowest_index_on_every_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Duplicate codes on both sides of block/group/tile boundaries: every backend returns the reference's ids."""
+    monkeypatch.setattr(blocked, "TARGET_BUFFER_BYTES", 4 * 1024)  # several row blocks
+    monkeypatch.setattr(blocked, "MIN_CODES_FOR_GROUPS", 8)  # two-level argmin with G = 16 at K = 64
+    x, codebook, first = tied_codebook()
+    reference = nearest_code(x, codebook, backend="torch").indices
+    assert torch.equal(reference, first)
+    plan = blocked_plan(*x.shape[:1], *codebook.shape, 4, workers=2)
+    assert plan.groups == 16 and plan.block_rows < x.shape[0]
+    assert torch.equal(blocked.nearest_code_blocked(x, codebook, plan=plan)[0], first)
+    for backend in available_backends():
+        out = nearest_code(x, codebook, backend=backend)
+        assert torch.equal(out.indices, first), backend
+        assert_nearest(x, codebook, out)
+
+
 def test_no_grad_and_empty_input() -> None:
     x, codebook = data(8, 4, 3)
     x.requires_grad_(True)

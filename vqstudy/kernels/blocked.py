@@ -6,7 +6,8 @@ Rows of x are processed in blocks of `block_rows`. Per block:
    so there is no separate pass to add a bias:  [x, 1] @ [-2c, ||c||^2]^T;
 2. a two-level argmin. A value-only `amin` over G interleaved groups, (B, G, Kp/G) -> (B, Kp/G),
    is a vectorized streaming pass; only the G-times smaller result goes through the slow
-   min-with-index, and the winning group is found among G gathered candidates.
+   min-with-index, and the winning group is found among G gathered candidates. Rows with a tie
+   (more than one minimal entry) are rescanned so that the lowest code index wins, as in the reference.
    (torch's `min(dim)` with indices runs at ~1/4 the speed of `amin`; over the full block it would
    cost about as much as the GEMM itself.)
 3. the exact ||x - c||^2 of the chosen code, from the difference.
@@ -144,9 +145,17 @@ def _search_blocks(
                 grouped = blk.view(m, groups, per_group)  # (m, G, Kp/G): code = g * Kp/G + j
                 torch.amin(grouped, dim=1, out=group_min[:m])  # (m, Kp/G) best over groups, per column j
                 torch.min(group_min[:m], dim=1, out=(best_val[:m], best_col[:m]))  # (m,) best column j
-                cand = grouped.gather(2, best_col[:m].view(m, 1, 1).expand(m, groups, 1))  # (m, G, 1)
-                best_group = cand.view(m, groups).min(dim=1).indices  # (m,); min() beats argmin() here
+                cand = grouped.gather(2, best_col[:m].view(m, 1, 1).expand(m, groups, 1)).view(m, groups)  # (m, G)
+                best_group = cand.min(dim=1).indices  # (m,); min() beats argmin() here
                 torch.add(best_col[:m], best_group, alpha=per_group, out=idx)
+                # Ties go to the lowest code index, as in the reference. The lookup above prefers the lowest column j,
+                # not the lowest code g * Kp/G + j, so rows with more than one minimal entry (one minimal column
+                # and one minimal group is the only tie-free case) are redone with a first-match scan.
+                best = best_val[:m, None]  # (m, 1)
+                tied = (group_min[:m] == best).sum(dim=1) + (cand == best).sum(dim=1) > 2  # (m,)
+                if bool(tied.any()):
+                    rows_t = tied.nonzero().squeeze(1)  # (T,)
+                    idx[rows_t] = (blk[rows_t] == best[rows_t]).byte().argmax(dim=1)  # first minimal code
             if padded > k:
                 idx.clamp_(max=k - 1)  # only reachable when every real distance is +inf/NaN
             torch.index_select(codebook, 0, idx, out=diff[:m])
