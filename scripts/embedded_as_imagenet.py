@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from vqstudy.data.images import ImageDataConfig
-from vqstudy.data.images_embedded import EMBEDDED_IMAGES, load_embedded_image
+from vqstudy.images.data.module import ImageDataConfig
+from vqstudy.images.data.embedded import EMBEDDED_IMAGES, load_embedded_image
 
 
 def main(argv=None) -> int:

@@ -5,8 +5,10 @@
 
 import sys
 
-from vqstudy.bottleneck import main
+from vqstudy.cli import main
 
 if __name__ == "__main__":
     argv = sys.argv[1:] or ["--config", "configs/bottleneck_default.yaml"]
-    sys.exit(main(argv, prog="python scripts/run_bottleneck.py"))
+    if not any(a.startswith("out_dir=") for a in argv):
+        argv += ["--set", "out_dir=results/bottleneck"]  # the committed reference; user runs go to runs/
+    sys.exit(main(["bottleneck", *argv]))

@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from vqstudy.action_study import load_sweep_config, run_sweep, write_report
+from vqstudy.actions.study import load_sweep_config, run_sweep, write_report
 from vqstudy.config import parse_overrides
 
 
@@ -21,7 +21,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. seeds=[0]")
     p.add_argument("--notes", help="markdown paragraph ('what we measured') to include in the md")
     p.add_argument("--report-only", action="store_true", help="rewrite md and plots from <out>/actions_study.json")
-    p.add_argument("--out", help="output folder (default: the config's out_dir)")
+    p.add_argument("--out", default="results/actions", help="output folder (default: results/actions, the committed reference)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.report_only:

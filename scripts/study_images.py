@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from vqstudy.config import parse_overrides
-from vqstudy.study import (
+from vqstudy.images.study import (
     VARIANTS,
     code_dim_variants,
     plot_study,

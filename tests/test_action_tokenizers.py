@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from vqstudy.action_metrics import ActionFidelity, chunk_bits, position_drift, speed_phases
-from vqstudy.config import QuantizerConfig
-from vqstudy.models.action_baselines import (
+from vqstudy.actions.metrics import ActionFidelity, chunk_bits, position_drift, speed_phases
+from vqstudy.quantize import QuantizerConfig
+from vqstudy.actions.baselines import (
     FSQTokenizer,
     FSQTokenizerConfig,
     ResidualVQTokenizer,
@@ -15,13 +15,13 @@ from vqstudy.models.action_baselines import (
     UniformBinConfig,
     UniformBinTokenizer,
 )
-from vqstudy.models.action_tokenizers import (
+from vqstudy.actions.tokenizers import (
     ActionVQConfig,
     ActionVQVAE,
     HierarchicalActionVQConfig,
     HierarchicalActionVQVAE,
-    fit_tokenizer,
 )
+from vqstudy.actions.train import fit_tokenizer
 
 H, A = 8, 4
 
@@ -72,7 +72,7 @@ def test_training_improves_round_trip(kind):
     x = synthetic_chunks(n=128, prototypes=4)
     tok = make(kind).eval()
     before = roundtrip_mse(tok, x)
-    losses = fit_tokenizer(tok, x, steps=100, lr=5e-3, batch_size=64)
+    losses = fit_tokenizer(tok, x, steps=100, lr=5e-3, batch_size=64).losses
     after = roundtrip_mse(tok, x)
     assert after < 0.5 * before, (before, after)
     assert losses[-1] < losses[0]
@@ -117,7 +117,7 @@ def test_uniform_bins_error_within_half_a_bin():
     assert tok.bits_per_chunk == H * A * 8
     outside = torch.full((1, H, A), 3.0)
     assert tok.encode(outside).unique().tolist() == [255]  # clipped into the last bin
-    assert fit_tokenizer(tok, x, steps=3) == []
+    assert fit_tokenizer(tok, x, steps=3).losses == []
 
 
 def test_bins_ids_are_ordered_like_values():

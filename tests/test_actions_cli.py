@@ -11,20 +11,19 @@ import torch
 
 h5py = pytest.importorskip("h5py")
 
-from vqstudy.action_study import SweepConfig, benefit_gone_at, compact, load_sweep_config  # noqa: E402
-from vqstudy.actions import (  # noqa: E402
+from vqstudy.actions.study import SweepConfig, benefit_gone_at, compact, load_sweep_config  # noqa: E402
+from vqstudy.actions.train import (  # noqa: E402
     ActionsConfig,
     ActionTrainConfig,
     ExportOptions,
-    export_main,
-    fit_with_curve,
+    fit_tokenizer,
     load_actions_config,
-    main,
     make_tokenizer,
 )
+from vqstudy.cli import main as vqstudy_main  # noqa: E402
 from vqstudy.config import parse_overrides  # noqa: E402
-from vqstudy.data.trajectories import build_trajectory_datasets  # noqa: E402
-from vqstudy.export import ActionTokenizer  # noqa: E402
+from vqstudy.actions.data.trajectories import build_trajectory_datasets  # noqa: E402
+from vqstudy.actions.export import ActionTokenizer  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 A = 7
@@ -58,7 +57,7 @@ def cli(action: str, config: Path, sets: list[str], *extra: str) -> int:
     argv = [action, "--config", str(config), *extra]
     for s in sets:
         argv += ["--set", s]
-    return main(argv)
+    return vqstudy_main(["actions", *argv])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -97,7 +96,7 @@ def test_utilization_curve_is_logged_and_training_helps():
     chunks = centres[torch.randint(4, (128,), generator=g)] + 0.01 * torch.randn(128, 4, A, generator=g)
     tok = make_tokenizer("vq", {"num_tokens": 2, "latent_dim": 8, "hidden": 32, "quantizer": {"codebook_size": 8}},
                          horizon=4, action_dim=A, seed=0)
-    fit = fit_with_curve(tok, chunks, ActionTrainConfig(steps=60, lr=3e-3, batch_size=32, log_every=20))
+    fit = fit_tokenizer(tok, chunks, ActionTrainConfig(steps=60, lr=3e-3, batch_size=32, log_every=20))
     assert [p.step for p in fit.curve] == [0, 20, 40, 60]
     assert fit.curve[-1].recon_mse < 0.5 * fit.curve[0].recon_mse
     assert all(0 < p.utilization <= 1 for p in fit.curve)
@@ -140,8 +139,8 @@ def test_export_last_n_ids_in_range_and_refuses_others(tmp_path):
     src = tmp_path / "runs" / "actions_quick" / "tokenizer"
     out = tmp_path / "exported"
     vocab = 32000
-    assert export_main(["--checkpoint", str(src), "--out", str(out), "--id-mode", "last_n",
-                        "--lm-vocab-size", str(vocab)]) == 0
+    assert vqstudy_main(["export", "--checkpoint", str(src), "--out", str(out), "--id-mode", "last_n",
+                         "--lm-vocab-size", str(vocab)]) == 0
     tok, base = ActionTokenizer.from_pretrained(out), ActionTokenizer.from_pretrained(src)
     k = tok.vocab_size
     actions = torch.randn(16, 4, A).clamp(-1, 1)
@@ -156,9 +155,9 @@ def test_export_last_n_ids_in_range_and_refuses_others(tmp_path):
 
 
 def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
-    assert main(["train", "--config", str(CONFIGS / "actions_quick.yaml"), "--set", "tokenizer=vqq"]) == 2
+    assert vqstudy_main(["actions", "train", "--config", str(CONFIGS / "actions_quick.yaml"), "--set", "tokenizer=vqq"]) == 2
     assert "vqstudy actions: error:" in capsys.readouterr().err
-    assert export_main(["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert vqstudy_main(["export", "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "tokenizer_config.json" in capsys.readouterr().err
 
 

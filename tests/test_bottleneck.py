@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from vqstudy.bc.config import TokenizerSpec, load_bottleneck_config
-from vqstudy.bc.data import build_bc_data
-from vqstudy.bc.encoders import EncoderSpec, StateEncoder, build_encoder, linear_probe, policy_inputs
-from vqstudy.bc.experiment import action_errors
-from vqstudy.bc.heads import ContinuousHead, DiscreteHead, HeadConfig, train_head
-from vqstudy.data.episode import Episode
-from vqstudy.data.trajectories import TrajectoryDataConfig
+from vqstudy.policy.config import TokenizerSpec, load_bottleneck_config
+from vqstudy.policy.data import build_bc_data
+from vqstudy.policy.encoders import EncoderSpec, StateEncoder, build_encoder, linear_probe, policy_inputs
+from vqstudy.policy.experiment import action_errors
+from vqstudy.policy.heads import ContinuousHead, DiscreteHead, HeadConfig, train_head
+from vqstudy.actions.data.episode import Episode
+from vqstudy.actions.data.trajectories import TrajectoryDataConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BOTTLENECK_YAMLS = sorted(CONFIGS.glob("bottleneck_*.yaml"))
@@ -102,8 +102,9 @@ def test_continuous_head_learns_a_linear_map():
 
 
 def test_discrete_head_reaches_the_tokenizer_floor():
-    from vqstudy.models.action_tokenizers import ActionVQConfig, ActionVQVAE, fit_tokenizer
-    from vqstudy.config import QuantizerConfig
+    from vqstudy.actions.tokenizers import ActionVQConfig, ActionVQVAE
+    from vqstudy.actions.train import fit_tokenizer
+    from vqstudy.quantize import QuantizerConfig
 
     protos = torch.rand(4, 4, 2) * 2 - 1  # 4 distinct chunks (H=4, A=2)
     labels = torch.arange(200) % 4
@@ -200,7 +201,7 @@ def test_tokenizer_spec_bits_match_oat():
 
 @pytest.mark.slow
 def test_quick_grid_writes_table_and_plot(tmp_path):
-    from vqstudy.bottleneck import run_bottleneck
+    from vqstudy.policy.bottleneck import run_bottleneck
 
     cfg = load_bottleneck_config(CONFIGS / "bottleneck_quick.yaml", {"out_dir": str(tmp_path), "head": {"steps": 200}})
     result, paths = run_bottleneck(cfg, "test", episodes=synthetic_episodes(length=64))
@@ -219,13 +220,13 @@ def test_quick_grid_writes_table_and_plot(tmp_path):
 
 @pytest.mark.slow
 def test_cli_main_on_the_robosuite_demos(tmp_path):
-    from vqstudy.data.robosuite import robosuite_demo_paths
-    from vqstudy.bottleneck import main
+    from vqstudy.actions.data.robosuite import robosuite_demo_paths
+    from vqstudy.cli import main
 
     if not all(p.is_file() for p in robosuite_demo_paths()):
         pytest.skip("robosuite demos not cached (vqstudy data fetch robosuite-demos)")
     argv = ["--config", str(CONFIGS / "bottleneck_quick.yaml"), "--set", f"out_dir={tmp_path}", "--set", "seeds=[0]",
             "--set", "tokenizers=[]", "--set", "head.steps=20"]
-    assert main(argv) == 0
+    assert main(["bottleneck", *argv]) == 0
     readme = (tmp_path / "README.md").read_text()
     assert "vqstudy bottleneck --config" in readme and "time_block" in readme

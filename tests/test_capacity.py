@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from vqstudy.capacity import bits_per_sample, count_parameters, latent_grids, match_single_level
-from vqstudy.config import QuantizerConfig
-from vqstudy.models import HierarchicalVQVAEConfig, VQVAEConfig, build_model
+from vqstudy.images.capacity import bits_per_sample, count_parameters, latent_grids, match_single_level
+from vqstudy.quantize import QuantizerConfig
+from vqstudy.images.models import HierarchicalVQVAEConfig, VQVAEConfig, build_model
 
 
 def hier(top_k: int = 512, bottom_k: int = 512, **kwargs) -> HierarchicalVQVAEConfig:

@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vqstudy.data.images import ImageDataConfig, ImageDataModule, build_datasets
-from vqstudy.data.images_common import BadImageError, EpochSampler
-from vqstudy.data.images_embedded import (
+from vqstudy.images.data.module import ImageDataConfig, ImageDataModule, build_datasets
+from vqstudy.images.data.common import BadImageError, EpochSampler
+from vqstudy.images.data.embedded import (
     EMBEDDED_IMAGES,
     RandomCropDataset,
     TiledCropDataset,
@@ -23,7 +23,7 @@ from vqstudy.data.images_embedded import (
     split_embedded,
     tile_origins,
 )
-from vqstudy.data.images_files import ImageFolderCrops, ParquetCrops, ParquetStream
+from vqstudy.images.data.files import ImageFolderCrops, ParquetCrops, ParquetStream
 
 GRAY = {"camera", "moon", "page", "coins", "text", "brick", "grass", "gravel", "clock", "cell"}
 
@@ -341,7 +341,7 @@ def test_parquet_map_style_matches_files_and_skips_bad_rows(parquet_root, tmp_pa
         items = _all(ds)
     assert ds.num_skipped == 2 and sorted(ds.skipped_files) == ["b/corrupt.JPEG", "b/truncated.JPEG"]
     assert "b/truncated.JPEG" in caplog.text
-    from vqstudy.data.images_common import center_crop_pil, decode_image
+    from vqstudy.images.data.common import center_crop_pil, decode_image
 
     for i, name in enumerate(GOOD_TRAIN):
         assert torch.equal(items[i], center_crop_pil(decode_image(GOOD_TRAIN[name]), 32)), name

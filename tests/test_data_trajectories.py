@@ -15,13 +15,13 @@ h5py = pytest.importorskip("h5py")
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from vqstudy.data import robosuite as rs  # noqa: E402
-from vqstudy.data.chunks import ChunkDataset  # noqa: E402
-from vqstudy.data.episode import Episode, TrajectoryDataError  # noqa: E402
-from vqstudy.data.lerobot import load_lerobot  # noqa: E402
-from vqstudy.data.libero import load_robomimic_hdf5  # noqa: E402
-from vqstudy.data.normalize import QuantileNormalizer  # noqa: E402
-from vqstudy.data.trajectories import (  # noqa: E402
+from vqstudy.actions.data import robosuite as rs  # noqa: E402
+from vqstudy.actions.data.chunks import ChunkDataset  # noqa: E402
+from vqstudy.actions.data.episode import Episode, TrajectoryDataError  # noqa: E402
+from vqstudy.actions.data.lerobot import load_lerobot  # noqa: E402
+from vqstudy.actions.data.libero import load_robomimic_hdf5  # noqa: E402
+from vqstudy.actions.data.normalize import QuantileNormalizer  # noqa: E402
+from vqstudy.actions.data.trajectories import (  # noqa: E402
     TrajectoryDataConfig,
     build_trajectory_datasets,
     load_episodes,

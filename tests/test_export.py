@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from vqstudy.action_metrics import evaluate_episodes
-from vqstudy.config import QuantizerConfig
-from vqstudy.data.normalize import QuantileNormalizer
-from vqstudy.export import CONFIG_FILE, WEIGHTS_FILE, ActionTokenizer
-from vqstudy.models.action_baselines import (
+from vqstudy.actions.metrics import evaluate_episodes
+from vqstudy.quantize import QuantizerConfig
+from vqstudy.actions.data.normalize import QuantileNormalizer
+from vqstudy.actions.export import CONFIG_FILE, WEIGHTS_FILE, ActionTokenizer
+from vqstudy.actions.baselines import (
     FSQTokenizer,
     FSQTokenizerConfig,
     ResidualVQTokenizer,
@@ -17,13 +17,13 @@ from vqstudy.models.action_baselines import (
     UniformBinConfig,
     UniformBinTokenizer,
 )
-from vqstudy.models.action_tokenizers import (
+from vqstudy.actions.tokenizers import (
     ActionVQConfig,
     ActionVQVAE,
     HierarchicalActionVQConfig,
     HierarchicalActionVQVAE,
-    fit_tokenizer,
 )
+from vqstudy.actions.train import fit_tokenizer
 
 H, A = 4, 4  # 3 position deltas + gripper
 
@@ -213,7 +213,7 @@ def test_evaluate_episodes_on_bins():
 
 
 def test_action_space_seriation_orders_decoded_actions_and_survives_reload(tmp_path):
-    from vqstudy.ordering import code_vectors, rank_correlation
+    from vqstudy.actions.ordering import code_vectors, rank_correlation
 
     tok = trained("vq", order="seriate_action")
     native = torch.arange(tok.tokenizer.vocab_size)

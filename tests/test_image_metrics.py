@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from vqstudy.image_metrics import ReconstructionMetrics
+from vqstudy.images.metrics import ReconstructionMetrics
 
 FIXTURES = Path(__file__).parents[2] / "shared" / "fixtures" / "lpips"
 
@@ -87,7 +87,7 @@ def test_rfid_needs_min_images_then_separates_distributions(
     targets = [_images(s, b=3) for s in (3, 4, 5)]
     for t in targets[:2]:
         m.update(t * 0.5, t)  # darker reconstructions: a different feature distribution
-    with caplog.at_level(logging.WARNING, logger="vqstudy.image_metrics"):
+    with caplog.at_level(logging.WARNING, logger="vqstudy.images.metrics"):
         out = m.compute()
     assert math.isnan(out["rfid"]) and "6 eval images < rfid_min_images (8)" in caplog.text
     assert math.isnan(out["lpips"])

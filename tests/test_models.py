@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vqstudy.config import QuantizerConfig, from_dict, to_dict
-from vqstudy.models import HierarchicalVQVAE, HierarchicalVQVAEConfig, VQVAE, VQVAEConfig, build_model
+from vqstudy.config import from_dict, to_dict
+from vqstudy.quantize import QuantizerConfig
+from vqstudy.images.models import HierarchicalVQVAE, HierarchicalVQVAEConfig, VQVAE, VQVAEConfig, build_model
 
 QUANTIZERS = {
     "ema": dict(update="ema"),

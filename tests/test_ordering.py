@@ -4,16 +4,16 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from vqstudy.config import QuantizerConfig
-from vqstudy.models.action_baselines import UniformBinConfig, UniformBinTokenizer
-from vqstudy.models.action_tokenizers import (
+from vqstudy.quantize import QuantizerConfig
+from vqstudy.actions.baselines import UniformBinConfig, UniformBinTokenizer
+from vqstudy.actions.tokenizers import (
     ActionVQConfig,
     ActionVQVAE,
     HierarchicalActionVQConfig,
     HierarchicalActionVQVAE,
-    fit_tokenizer,
 )
-from vqstudy.ordering import (
+from vqstudy.actions.train import fit_tokenizer
+from vqstudy.actions.ordering import (
     check_order,
     code_vectors,
     codebook_order,

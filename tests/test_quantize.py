@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vqstudy import Quantizer, QuantizerConfig
-from vqstudy.metrics import CodebookUsage
+from vqstudy.quantize.usage import CodebookUsage
 
 
 def planted(k: int = 8, dim: int = 8, n: int = 512, spread: float = 0.05, seed: int = 0):

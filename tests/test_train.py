@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from vqstudy.config import QuantizerConfig
-from vqstudy.data.images import ImageDataConfig, ImageDataModule
-from vqstudy.models import VQVAE, VQVAEConfig
-from vqstudy.train import NonFiniteLossError, TrainConfig, fit_model
+from vqstudy.quantize import QuantizerConfig
+from vqstudy.images.data.module import ImageDataConfig, ImageDataModule
+from vqstudy.images.models import VQVAE, VQVAEConfig
+from vqstudy.images.train import NonFiniteLossError, TrainConfig, fit_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -86,7 +86,7 @@ def test_train_config_errors_name_the_field():
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("pair_*.yaml")), ids=lambda p: p.name)
 def test_every_pair_config_parses(path):
-    from vqstudy.pair import load_pair_config, single_config
+    from vqstudy.images.pair import load_pair_config, single_config
 
     cfg = load_pair_config(path)
     single, match = single_config(cfg)
@@ -95,7 +95,7 @@ def test_every_pair_config_parses(path):
 
 
 def test_pair_config_errors_name_field_and_value(tmp_path):
-    from vqstudy.pair import load_pair_config
+    from vqstudy.images.pair import load_pair_config
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: {max_steps: 10, learning_rate: 0.1}\n")
@@ -107,8 +107,8 @@ def test_pair_config_errors_name_field_and_value(tmp_path):
 
 @pytest.mark.slow
 def test_pair_run_writes_matched_results(tmp_path):
-    from vqstudy.pair import load_pair_config, run_pair
-    from vqstudy.plots import plot_run
+    from vqstudy.images.pair import load_pair_config, run_pair
+    from vqstudy.images.plots import plot_run
 
     overrides = {
         "name": "tiny",

@@ -15,12 +15,13 @@ _PUBLIC = {
     "Quantizer": "vqstudy.quantize",
     "QuantizeOutput": "vqstudy.quantize",
     "QuantizeStats": "vqstudy.quantize",
-    "QuantizerConfig": "vqstudy.config",
-    "CodebookUsage": "vqstudy.metrics",
+    "QuantizerConfig": "vqstudy.quantize",
+    "CodebookUsage": "vqstudy.quantize",
     "nearest_code": "vqstudy.kernels",
-    "VQVAE": "vqstudy.models",
-    "HierarchicalVQVAE": "vqstudy.models",
-    "ActionTokenizer": "vqstudy.export",
+    "VQVAE": "vqstudy.images",
+    "HierarchicalVQVAE": "vqstudy.images",
+    "bits_per_sample": "vqstudy.images",
+    "ActionTokenizer": "vqstudy.actions",
 }
 
 __all__ = sorted(_PUBLIC)

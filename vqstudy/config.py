@@ -1,4 +1,4 @@
-"""Typed configuration for the shared quantizer, and the helpers every config uses.
+"""The helpers every typed config uses: YAML reading, the one merge, overrides, field docs.
 
 Merge order, everywhere in vqstudy: dataclass defaults <- YAML file <- command-line overrides.
 Each field's docstring (the string literal under it) is its ``--help`` text.
@@ -9,113 +9,21 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
-import math
 import textwrap
+import types
 from pathlib import Path
 from dataclasses import dataclass, fields, replace
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-UpdateRule = Literal["ema", "grad"]
-QuantizerBackend = Literal["vqstudy", "vqp"]
-SearchBackend = Literal["auto", "torch", "blocked", "triton"]
-
-
-def _check_literal(obj: Any, name: str) -> None:
+def check_literal(obj: Any, name: str) -> None:
     """Raise ValueError if field `name` of dataclass `obj` is not one of its Literal choices."""
     hint = get_type_hints(type(obj))[name]
     if get_origin(hint) is Literal and getattr(obj, name) not in get_args(hint):
         raise ValueError(
             f"{type(obj).__name__}.{name} ({getattr(obj, name)!r}) must be one of {list(get_args(hint))}"
         )
-
-
-@dataclass
-class QuantizerConfig:
-    """Everything that defines a `vqstudy.Quantizer`. Defaults are the settings the study recommends."""
-
-    dim: int = 64
-    """Width of the vectors fed to the quantizer (the last dimension of x)."""
-    codebook_size: int = 512
-    """Number of codes K."""
-    codebook_dim: int | None = None
-    """Width of the lookup space; < dim projects in and out (factorized codes, ViT-VQGAN, arXiv 2110.04627)."""
-    cosine: bool = False
-    """l2-normalize vectors and codes before the lookup (cosine similarity lookup, arXiv 2110.04627)."""
-    update: UpdateRule = "ema"
-    """How the codebook learns: 'ema' (exponential moving averages, arXiv 1711.00937 app. A) or 'grad'."""
-    decay: float = 0.99
-    """EMA decay of code usage counts and code sums."""
-    eps: float = 1e-5
-    """Laplace smoothing of the EMA usage counts."""
-    commitment_weight: float = 0.25
-    """Weight beta of the commitment loss ||z - sg(q)||^2."""
-    codebook_weight: float = 1.0
-    """Weight of the codebook loss ||sg(z) - q||^2 (used only with update='grad')."""
-    kmeans_init: bool = True
-    """Initialise the codebook by k-means++ seeding + Lloyd iterations on collected encoder outputs."""
-    kmeans_samples: int | None = None
-    """Vectors to collect over the first training steps before k-means (None: 16 x codebook_size)."""
-    kmeans_iters: int = 10
-    """Lloyd iterations after k-means++ seeding."""
-    kmeans_max_steps: int = 50
-    """Run k-means with what was collected after this many steps even if kmeans_samples is not reached."""
-    dead_code_reset: bool = True
-    """Every reset_every steps, re-seed codes whose usage share fell below dead_code_threshold / codebook_size."""
-    dead_code_threshold: float = 0.03
-    """A code is dead when its usage share over the last reset_every steps < threshold x (1 / codebook_size); independent of batch size."""
-    reset_every: int = 20
-    """Check for dead codes every this many training steps."""
-    reservoir_size: int | None = None
-    """Recent encoder outputs kept (per process) to re-seed dead codes from (None: 8 x codebook_size)."""
-    backend: QuantizerBackend = "vqstudy"
-    """'vqstudy' (this module) or 'vqp' (vector-quantize-pytorch's VectorQuantize behind the same interface)."""
-    search_backend: SearchBackend = "auto"
-    """Nearest-code search backend (see vqstudy.kernels.nearest_code); env VQSTUDY_NEAREST_BACKEND overrides auto."""
-    seed: int = 0
-    """Seed of the quantizer's own random choices (k-means++ seeding, reset sampling); shared by all ranks."""
-
-    def __post_init__(self) -> None:
-        for name in ("dim", "codebook_size", "kmeans_iters", "kmeans_max_steps", "reset_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"QuantizerConfig.{name} ({value!r}) must be a positive integer")
-        if self.codebook_size < 2:
-            raise ValueError(f"QuantizerConfig.codebook_size ({self.codebook_size}) must be >= 2")
-        if self.codebook_dim is not None and not 1 <= self.codebook_dim <= self.dim:
-            raise ValueError(f"QuantizerConfig.codebook_dim ({self.codebook_dim}) must be in [1, dim ({self.dim})]")
-        if not 0.0 < self.decay < 1.0:
-            raise ValueError(f"QuantizerConfig.decay ({self.decay}) must be in (0, 1)")
-        if not self.eps > 0:
-            raise ValueError(f"QuantizerConfig.eps ({self.eps}) must be > 0")
-        if not 0.0 <= self.dead_code_threshold < 1.0:
-            raise ValueError(f"QuantizerConfig.dead_code_threshold ({self.dead_code_threshold}) must be in [0, 1)")
-        if self.commitment_weight < 0 or self.codebook_weight < 0:
-            raise ValueError(
-                f"QuantizerConfig weights must be >= 0, got commitment_weight={self.commitment_weight}, "
-                f"codebook_weight={self.codebook_weight}"
-            )
-        for name in ("kmeans_samples", "reservoir_size"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"QuantizerConfig.{name} ({value!r}) must be a positive integer or None")
-        for name in ("update", "backend", "search_backend"):
-            _check_literal(self, name)
-
-    @property
-    def lookup_dim(self) -> int:
-        """Width of the codebook vectors."""
-        return self.codebook_dim if self.codebook_dim is not None else self.dim
-
-    @property
-    def bits(self) -> float:
-        """Nominal bits per code: log2(codebook_size)."""
-        return math.log2(self.codebook_size)
-
-    def with_dim(self, dim: int) -> "QuantizerConfig":
-        """A copy with `dim` replaced (models fill in their latent width)."""
-        return replace(self, dim=dim)
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -174,18 +82,27 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class Override(str):
+    """A raw `--set` value: converted by the type of the field it lands on (see `load_config`)."""
+
+
 def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """['train.max_steps=10', 'name=x'] -> {'train': {'max_steps': 10}, 'name': 'x'}."""
+    """['train.max_steps=10', 'name=x'] -> {'train': {'max_steps': Override('10')}, 'name': Override('x')}.
+
+    Values stay raw until `load_config` converts each by its field's type, so `--set name=inf` stays a string.
+    """
     out: dict[str, Any] = {}
     for pair in pairs:
-        if "=" not in pair:
-            raise SystemExit(f"--set expects key.path=value, got {pair!r}")
-        key, raw = pair.split("=", 1)
+        key, sep, raw = pair.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ValueError(f"--set expects key.path=value, got {pair!r}")
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = _yaml_value(raw)
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {key}: {part!r} is given both a value and sub-keys")
+        node[parts[-1]] = Override(raw)
     return out
 
 
@@ -198,6 +115,48 @@ def _yaml_value(raw: str) -> Any:
         except ValueError:
             return value
     return value
+
+
+def _is_text(hint: Any) -> bool:
+    """True for `str`, `str | None` and Literals of strings: fields whose override stays the raw text."""
+    if hint is str:
+        return True
+    origin = get_origin(hint)
+    if origin is Literal:
+        return all(isinstance(a, str) for a in get_args(hint))
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        return bool(args) and all(_is_text(a) for a in args)
+    return False
+
+
+def _convert(raw: Override, hint: Any) -> Any:
+    if _is_text(hint) and raw.strip() not in ("null", "~", "None"):
+        return str(raw)
+    return _yaml_value(str(raw))
+
+
+def resolve_overrides(cls: type | None, data: dict[str, Any], where: str = "--set") -> dict[str, Any]:
+    """Check `--set` keys against dataclass `cls` (naming the override, not the YAML file) and convert
+    each raw value by the type of its field. Keys under untyped (dict/Any) fields are YAML-parsed."""
+    out: dict[str, Any] = {}
+    hints = get_type_hints(cls) if cls is not None else {}
+    if cls is not None:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            keys = ", ".join(f"{where}{'.' if where != '--set' else ' '}{k}" for k in unknown)
+            raise ValueError(f"unknown override {keys}: {cls.__name__} has no such field; allowed: {sorted(names)}")
+    for key, value in data.items():
+        hint = hints.get(key, Any)
+        label = f"{where} {key}" if where == "--set" else f"{where}.{key}"
+        if isinstance(value, dict):
+            out[key] = resolve_overrides(_dataclass_in(hint), value, label)
+        elif isinstance(value, Override):
+            out[key] = _convert(value, hint)
+        else:
+            out[key] = value
+    return out
 
 
 def read_yaml(path: str | Path | None, what: str) -> dict[str, Any]:
@@ -214,7 +173,7 @@ def read_yaml(path: str | Path | None, what: str) -> dict[str, Any]:
 def load_config(cls: type, path: str | Path | None = None, overrides: dict[str, Any] | None = None,
                 base: dict[str, Any] | None = None) -> Any:
     """Dataclass `cls` from defaults <- `base` <- YAML file <- `overrides` (nested dicts)."""
-    data = deep_merge(read_yaml(path, cls.__name__), overrides or {})
+    data = deep_merge(read_yaml(path, cls.__name__), resolve_overrides(cls, overrides or {}))
     if base is not None:
         data = deep_merge(base, data)
     return from_dict(cls, data, where=str(path) if path else cls.__name__)

@@ -1,0 +1,97 @@
+"""`QuantizerConfig`: everything that defines a `vqstudy.Quantizer`, with its validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from vqstudy.config import check_literal
+
+DEAD_CODE_THRESHOLD = 0.03
+"""Default dead-code threshold: a code is dead when its usage share is below this x (1 / K)."""
+
+UpdateRule = Literal["ema", "grad"]
+QuantizerBackend = Literal["vqstudy", "vqp"]
+SearchBackend = Literal["auto", "torch", "blocked", "triton"]
+
+
+@dataclass
+class QuantizerConfig:
+    """Everything that defines a `vqstudy.Quantizer`. Defaults are the settings the study recommends."""
+
+    dim: int = 64
+    """Width of the vectors fed to the quantizer (the last dimension of x)."""
+    codebook_size: int = 512
+    """Number of codes K."""
+    codebook_dim: int | None = None
+    """Width of the lookup space; < dim projects in and out (factorized codes, ViT-VQGAN, arXiv 2110.04627)."""
+    cosine: bool = False
+    """l2-normalize vectors and codes before the lookup (cosine similarity lookup, arXiv 2110.04627)."""
+    update: UpdateRule = "ema"
+    """How the codebook learns: 'ema' (exponential moving averages, arXiv 1711.00937 app. A) or 'grad'."""
+    decay: float = 0.99
+    """EMA decay of code usage counts and code sums."""
+    eps: float = 1e-5
+    """Laplace smoothing of the EMA usage counts."""
+    commitment_weight: float = 0.25
+    """Weight beta of the commitment loss ||z - sg(q)||^2."""
+    codebook_weight: float = 1.0
+    """Weight of the codebook loss ||sg(z) - q||^2 (used only with update='grad')."""
+    kmeans_init: bool = True
+    """Initialise the codebook by k-means++ seeding + Lloyd iterations on collected encoder outputs."""
+    kmeans_samples: int | None = None
+    """Vectors to collect over the first training steps before k-means (None: 16 x codebook_size)."""
+    kmeans_iters: int = 10
+    """Lloyd iterations after k-means++ seeding."""
+    kmeans_max_steps: int = 50
+    """Run k-means with what was collected after this many steps even if kmeans_samples is not reached."""
+    dead_code_reset: bool = True
+    """Every reset_every steps, re-seed codes whose usage share fell below dead_code_threshold / codebook_size."""
+    dead_code_threshold: float = DEAD_CODE_THRESHOLD
+    """A code is dead when its usage share over the last reset_every steps < threshold x (1 / codebook_size); independent of batch size."""
+    reset_every: int = 20
+    """Check for dead codes every this many training steps."""
+    reservoir_size: int | None = None
+    """Recent encoder outputs kept (per process) to re-seed dead codes from (None: 8 x codebook_size)."""
+    backend: QuantizerBackend = "vqstudy"
+    """'vqstudy' (this module) or 'vqp' (vector-quantize-pytorch's VectorQuantize behind the same interface)."""
+    search_backend: SearchBackend = "auto"
+    """Nearest-code search backend (see vqstudy.kernels.nearest_code); env VQSTUDY_NEAREST_BACKEND overrides auto."""
+    seed: int = 0
+    """Seed of the quantizer's own random choices (k-means++ seeding, reset sampling); shared by all ranks."""
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "codebook_size", "kmeans_iters", "kmeans_max_steps", "reset_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"QuantizerConfig.{name} ({value!r}) must be a positive integer")
+        if self.codebook_size < 2:
+            raise ValueError(f"QuantizerConfig.codebook_size ({self.codebook_size}) must be >= 2")
+        if self.codebook_dim is not None and not 1 <= self.codebook_dim <= self.dim:
+            raise ValueError(f"QuantizerConfig.codebook_dim ({self.codebook_dim}) must be in [1, dim ({self.dim})]")
+        if not 0.0 < self.decay < 1.0:
+            raise ValueError(f"QuantizerConfig.decay ({self.decay}) must be in (0, 1)")
+        if not self.eps > 0:
+            raise ValueError(f"QuantizerConfig.eps ({self.eps}) must be > 0")
+        if not 0.0 <= self.dead_code_threshold < 1.0:
+            raise ValueError(f"QuantizerConfig.dead_code_threshold ({self.dead_code_threshold}) must be in [0, 1)")
+        if self.commitment_weight < 0 or self.codebook_weight < 0:
+            raise ValueError(
+                f"QuantizerConfig weights must be >= 0, got commitment_weight={self.commitment_weight}, "
+                f"codebook_weight={self.codebook_weight}"
+            )
+        for name in ("kmeans_samples", "reservoir_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"QuantizerConfig.{name} ({value!r}) must be a positive integer or None")
+        for name in ("update", "backend", "search_backend"):
+            check_literal(self, name)
+
+    @property
+    def lookup_dim(self) -> int:
+        """Width of the codebook vectors."""
+        return self.codebook_dim if self.codebook_dim is not None else self.dim
+
+    def with_dim(self, dim: int) -> "QuantizerConfig":
+        """A copy with `dim` replaced (models fill in their latent width)."""
+        return replace(self, dim=dim)

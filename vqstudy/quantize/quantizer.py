@@ -1,0 +1,295 @@
+"""The shared vector quantizer: every model in vqstudy quantizes through `Quantizer`.
+
+All codebook state (codes, EMA statistics, k-means buffer, reset reservoir) lives here.
+Features, each switchable in `QuantizerConfig`:
+- EMA codebook updates (arXiv 1711.00937, app. A) or gradient updates;
+- k-means++ data init over a buffer of encoder outputs collected over the first steps;
+- dead-code resets from a reservoir of recent encoder outputs, D^2-weighted (k-means++ style);
+- low-dim factorized lookup and cosine lookup (ViT-VQGAN, arXiv 2110.04627);
+- identical state on every rank under torch.distributed (counts and sums are all-reduced;
+  k-means and resets draw from the gathered data in a canonical order with a shared seed);
+- a second backend on vector-quantize-pytorch's `VectorQuantize` (`backend="vqp"`).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqstudy.kernels import nearest_code
+from vqstudy.quantize import distributed as D
+from vqstudy.quantize.config import QuantizerConfig
+from vqstudy.quantize.kmeans import canonical_order, kmeans
+from vqstudy.quantize.outputs import QuantizeOutput, QuantizeStats, validate_indices, validate_input
+from vqstudy.quantize.usage import code_counts, usage_from_counts
+from vqstudy.quantize.vqp import VQPBackend
+
+log = logging.getLogger(__name__)
+
+
+class Quantizer(nn.Module):
+    """Vector quantizer with EMA/gradient codebook, k-means init, dead-code resets, low-dim lookup.
+
+    `Quantizer(cfg)` or `Quantizer(dim=64, codebook_size=512, **other QuantizerConfig fields)`.
+    forward(x (..., dim)) -> QuantizeOutput; decode_indices(indices (...,)) -> (..., dim).
+    """
+
+    def __init__(self, config: QuantizerConfig | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = QuantizerConfig(**kwargs)
+        elif kwargs:
+            raise TypeError(f"pass either a QuantizerConfig or keyword fields, not both (got {sorted(kwargs)})")
+        self.config = cfg = config
+        self.codebook_size = cfg.codebook_size
+        self.dim = cfg.dim
+        if cfg.backend == "vqp":
+            self.vqp = VQPBackend(cfg)
+            return
+        self.vqp = None
+        d, k = cfg.lookup_dim, cfg.codebook_size
+        low_dim = d != cfg.dim
+        self.project_in: nn.Module = nn.Linear(cfg.dim, d) if low_dim else nn.Identity()
+        self.project_out: nn.Module = nn.Linear(d, cfg.dim) if low_dim else nn.Identity()
+
+        g = torch.Generator().manual_seed(cfg.seed)
+        codebook = torch.randn(k, d, generator=g)
+        if cfg.cosine:
+            codebook = F.normalize(codebook, dim=-1)
+        if cfg.update == "grad":
+            self.codebook = nn.Parameter(codebook)
+        else:
+            self.register_buffer("codebook", codebook)
+            self.register_buffer("embed_sum", codebook.clone())  # EMA of per-code sums of assigned vectors
+        self.register_buffer("cluster_size", torch.ones(k))  # EMA of per-code usage counts
+        self.register_buffer("window_counts", torch.zeros(k))  # usage since the last dead-code check
+        self.register_buffer("initialized", torch.tensor(not cfg.kmeans_init))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.reservoir_size = cfg.reservoir_size or 8 * k
+        # Per-rank state is kept out of the module's buffers: DistributedDataParallel broadcasts every
+        # buffer from rank 0 before each forward, which would overwrite each rank's reservoir with rank 0's.
+        # It still travels in the state dict (get_extra_state), so checkpoints resume exactly.
+        self.reservoir = torch.zeros(self.reservoir_size, d)
+        self.reservoir_seen = 0
+        self.kmeans_samples = cfg.kmeans_samples or 16 * k
+        self._kmeans_buffer: list[torch.Tensor] = []
+        self._kmeans_seen = 0  # global vectors collected so far
+        self._kmeans_steps = 0
+
+    # ------------------------------------------------------------------ lookup space
+    def _to_lookup(self, z: torch.Tensor) -> torch.Tensor:
+        z = self.project_in(z)
+        return F.normalize(z, dim=-1) if self.config.cosine else z
+
+    def _codes(self) -> torch.Tensor:
+        return F.normalize(self.codebook, dim=-1) if self.config.cosine else self.codebook
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code ids (...,) -> vectors (..., dim) in model space."""
+        if self.vqp is not None:
+            return self.vqp.decode_indices(indices)
+        validate_indices(indices, self.codebook_size)
+        return self.project_out(self._codes()[indices])
+
+    def codebook_vectors(self) -> torch.Tensor:
+        """(K, dim) every code decoded into model space."""
+        device = self.codebook.device if self.vqp is None else self.vqp.device
+        return self.decode_indices(torch.arange(self.codebook_size, device=device))
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> QuantizeOutput:
+        """Quantize x (..., dim). In training mode also updates the codebook state."""
+        validate_input(x, self.dim)
+        if self.vqp is not None:
+            return self.vqp(x)
+        cfg = self.config
+        lead = x.shape[:-1]
+        z = self._to_lookup(x.reshape(-1, cfg.dim))  # (N, d)
+        updating = self.training
+        if updating and not bool(self.initialized):
+            self._collect_for_kmeans(z.detach())
+
+        codes = self._codes()
+        idx, _ = nearest_code(z.detach().float(), codes.detach().float(), backend=cfg.search_backend)
+        q = codes[idx].to(z.dtype)  # (N, d)
+        commit = F.mse_loss(z, q.detach())
+        codebook_loss = F.mse_loss(q, z.detach()) if cfg.update == "grad" else commit.detach()
+        loss = cfg.commitment_weight * commit
+        if cfg.update == "grad":
+            loss = loss + cfg.codebook_weight * codebook_loss
+
+        counts = code_counts(idx, cfg.codebook_size, check=False).float()  # (K,); ids come from the search
+        usage = usage_from_counts(counts)
+        resets = 0
+        if updating and bool(self.initialized):
+            self.step += 1
+            self._update_usage_and_ema(z.detach(), idx, counts)
+            self._fill_reservoir(z.detach())
+            if cfg.dead_code_reset and int(self.step) % cfg.reset_every == 0:
+                resets = self._reset_dead_codes()
+
+        # straight-through estimator; z - sg(z) is exactly 0, so the value is exactly the code (decode_indices matches)
+        # (without an input gradient, the output is the detached code: the model's loss never trains the codebook)
+        q_st = q.detach() + (z - z.detach()) if z.requires_grad else q.detach()
+        quantized = self.project_out(q_st).reshape(*lead, cfg.dim)
+        stats = QuantizeStats(
+            perplexity=usage.perplexity.float(),
+            utilization=usage.utilization.float(),
+            commit_loss=commit.detach(),
+            codebook_loss=codebook_loss.detach(),
+            dead_codes=self.dead_mask().sum(),
+            resets=torch.tensor(resets),
+        )
+        return QuantizeOutput(quantized, idx.reshape(lead), loss, stats)
+
+    # ------------------------------------------------------------------ codebook updates
+    def dead_mask(self) -> torch.Tensor:
+        """(K,) bool: codes whose usage share since the last check is below dead_code_threshold / K.
+
+        Shares, not counts, so the test does not depend on batch size; before any usage was
+        counted in the window, the EMA usage counts are used.
+        """
+        usage = self.window_counts if self.window_counts.sum() > 0 else self.cluster_size
+        share = usage / usage.sum().clamp_min(1e-12)
+        return share < self.config.dead_code_threshold / self.codebook_size
+
+    @torch.no_grad()
+    def _update_usage_and_ema(self, z: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor) -> None:
+        cfg = self.config
+        counts = D.all_reduce_sum(counts.clone())
+        self.window_counts += counts
+        self.cluster_size.mul_(cfg.decay).add_(counts, alpha=1 - cfg.decay)
+        if cfg.update != "ema":
+            return
+        sums = torch.zeros_like(self.embed_sum).index_add_(0, idx, z.float())  # (K, d), no N x K one-hot
+        sums = D.all_reduce_sum(sums)
+        self.embed_sum.mul_(cfg.decay).add_(sums, alpha=1 - cfg.decay)
+        total = self.cluster_size.sum()
+        smoothed = (self.cluster_size + cfg.eps) / (total + cfg.codebook_size * cfg.eps) * total  # Laplace
+        codebook = self.embed_sum / smoothed[:, None]
+        self.codebook.copy_(F.normalize(codebook, dim=-1) if cfg.cosine else codebook)
+
+    @torch.no_grad()
+    def _fill_reservoir(self, z: torch.Tensor) -> None:
+        """Keep the most recent encoder outputs (a random subset of each batch) in a ring buffer."""
+        n, size = z.shape[0], self.reservoir_size
+        take = min(n, max(size // 4, 1))
+        if take < n:
+            g = self._generator(salt=D.rank() + 1)
+            z = z[torch.randperm(n, generator=g)[:take].to(z.device)]
+        if self.reservoir.device != z.device:
+            self.reservoir = self.reservoir.to(z.device)
+        start = self.reservoir_seen % size
+        pos = (torch.arange(take, device=z.device) + start) % size
+        self.reservoir[pos] = z.float()
+        self.reservoir_seen += take
+
+    def _generator(self, salt: int = 0) -> torch.Generator:
+        """A CPU generator determined by (seed, step, salt): stateless, so resumed runs match."""
+        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + int(self.step) * 7_919 + salt)
+
+    @torch.no_grad()
+    def _reset_dead_codes(self) -> int:
+        """Re-seed dead codes from the (gathered) reservoir, D^2-weighted from the live codes."""
+        dead = self.dead_mask()
+        self.window_counts.zero_()
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return 0
+        filled = min(self.reservoir_seen, self.reservoir_size)
+        pool = canonical_order(D.all_gather_cat(self.reservoir[:filled].to(self.codebook.device)), self.config.seed)  # same on every rank
+        if pool.shape[0] == 0:
+            return 0
+        live = self._codes()[~dead]
+        if live.shape[0] > 0:
+            _, weight = nearest_code(pool, live, backend=self.config.search_backend)
+        else:
+            weight = torch.ones(pool.shape[0], device=pool.device)
+        weight = weight.double().cpu() + 1e-12
+        replace = n_dead > pool.shape[0]
+        choice = torch.multinomial(weight / weight.sum(), n_dead, replacement=replace, generator=self._generator())
+        new = pool[choice.to(pool.device)]
+        if replace:  # fewer stored vectors than dead codes: jitter the repeats apart
+            new = new + 1e-3 * new.std() * torch.randn(new.shape, generator=self._generator(1)).to(new.device)
+        self._set_codes(dead, new, self.cluster_size.sum() / self.codebook_size)
+        log.debug("reset %d dead codes at step %d", n_dead, int(self.step))
+        return n_dead
+
+    @torch.no_grad()
+    def _set_codes(self, mask: torch.Tensor, vectors: torch.Tensor, usage: torch.Tensor) -> None:
+        """Write `vectors` into the codes selected by `mask`, with consistent EMA statistics.
+
+        `usage` is the EMA usage count given to those codes: a scalar or one value per selected code.
+        """
+        vectors = F.normalize(vectors, dim=-1) if self.config.cosine else vectors
+        self.codebook.data[mask] = vectors.to(self.codebook.dtype)
+        self.cluster_size[mask] = usage.to(self.cluster_size.dtype)
+        if self.config.update == "ema":
+            self.embed_sum[mask] = vectors.float() * self.cluster_size[mask, None]
+
+    # ------------------------------------------------------------------ k-means init
+    @torch.no_grad()
+    def _collect_for_kmeans(self, z: torch.Tensor) -> None:
+        self._kmeans_buffer.append(z.float())
+        n_global = D.all_reduce_sum(torch.tensor([z.shape[0]], device=z.device)).item()
+        self._kmeans_seen += int(n_global)
+        self._kmeans_steps += 1
+        if self._kmeans_seen >= self.kmeans_samples or self._kmeans_steps >= self.config.kmeans_max_steps:
+            self._init_from_buffer(batch_size=int(n_global))
+
+    @torch.no_grad()
+    def _init_from_buffer(self, batch_size: int) -> None:
+        cfg = self.config
+        data = canonical_order(D.all_gather_cat(torch.cat(self._kmeans_buffer)), cfg.seed)  # same on every rank
+        self._kmeans_buffer.clear()
+        k = cfg.codebook_size
+        if data.shape[0] >= k:
+            result = kmeans(data, k, iters=cfg.kmeans_iters, seed=cfg.seed, search_backend=cfg.search_backend)
+            centers, counts = result.centers, result.counts
+            log.info("k-means init: %d codes from %d vectors, inertia %.4g", k, data.shape[0], result.inertia)
+        else:
+            warnings.warn(
+                f"k-means init: only {data.shape[0]} vectors were collected for codebook_size ({k}) codes; "
+                f"using each vector as a code and jittered copies for the other {k - data.shape[0]} "
+                "(dead-code resets re-seed them); raise kmeans_samples/kmeans_max_steps to avoid this",
+                stacklevel=3,
+            )
+            g = torch.Generator().manual_seed(cfg.seed)
+            pick = torch.cat([torch.arange(data.shape[0]), torch.randint(data.shape[0], (k - data.shape[0],), generator=g)])
+            centers = data[pick.to(data.device)]
+            jitter = torch.randn(centers.shape, generator=g).to(centers.device) * (1e-2 * data.std() + 1e-6)
+            centers[data.shape[0] :] += jitter[data.shape[0] :]
+            counts = torch.ones(k, device=data.device)
+        usage = counts.float() * (batch_size / max(data.shape[0], 1))  # counts scaled to one step's batch
+        self._set_codes(torch.ones(k, dtype=torch.bool, device=centers.device), centers, usage)
+        self.initialized.fill_(True)
+
+    def get_extra_state(self) -> torch.Tensor:
+        """This rank's reset reservoir (not a buffer, see __init__) as one float64 tensor for the state dict:
+        the flattened (reservoir_size, d) vectors followed by the count of vectors seen."""
+        if self.vqp is not None:
+            return torch.zeros(0, dtype=torch.float64)
+        seen = torch.tensor([float(self.reservoir_seen)], dtype=torch.float64)
+        return torch.cat([self.reservoir.detach().double().cpu().reshape(-1), seen])
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        if self.vqp is not None or state.numel() == 0:
+            return
+        expected = self.reservoir.numel() + 1
+        if state.numel() != expected:
+            raise ValueError(f"Quantizer extra state has {state.numel()} values, expected {expected} (reservoir_size x d + 1)")
+        self.reservoir = state[:-1].reshape(self.reservoir.shape).float().to(self.codebook.device)
+        self.reservoir_seen = int(state[-1].item())
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"dim={c.dim}, codebook_size={c.codebook_size}, lookup_dim={c.lookup_dim}, cosine={c.cosine}, "
+            f"update={c.update}, kmeans_init={c.kmeans_init}, dead_code_reset={c.dead_code_reset}"
+        )
+
