@@ -13,8 +13,8 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from vqstudy.actions.data.lerobot import load_lerobot  # noqa: E402
 from vqstudy.files import sha256_file  # noqa: E402
-from vqstudy.sim.demos import make_demonstrations, read_demo_seeds, split_by_episode  # noqa: E402
-from vqstudy.sim.env import SPLIT_BIT, initial_state_seed  # noqa: E402
+from vqstudy.sim.demos import FPS, make_demonstrations, read_demo_seeds, split_by_episode  # noqa: E402
+from vqstudy.sim.env import SPLIT_BIT, MetaWorldEnv, initial_state_seed  # noqa: E402
 
 TINY = dict(tasks="reach-v3,push-v3", episodes=2, seed=0, max_steps=25)
 
@@ -36,6 +36,7 @@ def test_layout_and_lerobot_round_trip(tiny):
         assert (tiny / rel).is_file(), rel
     info = json.loads((tiny / "meta/info.json").read_text())
     assert info["codebase_version"] == "v3.0" and info["total_episodes"] == 4 and info["total_tasks"] == 2
+    assert info["fps"] == FPS == 1 / MetaWorldEnv("reach-v3").dt
     result = load_lerobot(tiny)
     assert not result.skipped and [e.task for e in result.episodes] == ["reach-v3"] * 2 + ["push-v3"] * 2
     rows = pq.read_table(tiny / "data/chunk-000/file-001.parquet").to_pylist()
@@ -84,6 +85,12 @@ def test_same_seed_same_bytes_and_resume(tiny, tmp_path):
     assert (out / "data/chunk-000/file-000.parquet").exists() and not (out / "meta/info.json").exists()
     summary = make_demonstrations(out, **TINY)
     assert [s.resumed for s in summary.shards] == [True, False] and summary.recorded_episodes == 2
+    assert _digests(out) == _digests(tiny)
+
+
+def test_parallel_workers_same_bytes(tiny, tmp_path):
+    out = tmp_path / "parallel"
+    make_demonstrations(out, **TINY, workers=2)
     assert _digests(out) == _digests(tiny)
 
 

@@ -31,6 +31,7 @@ def add_data_make_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--episodes", type=int, default=50, help="expert episodes per task")
     p.add_argument("--seed", type=int, default=0, help="base seed of the recorded initial-state seeds")
     p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS, help="steps before an episode is cut (failed)")
+    p.add_argument("--workers", type=int, default=1, help="processes recording tasks in parallel (same bytes)")
     p.add_argument("--out", required=True, help="dataset directory (new, empty, or an interrupted run of the same request)")
     p.set_defaults(func=cmd_data_make)
     return p
@@ -57,7 +58,8 @@ def cmd_data_make(args: argparse.Namespace) -> int:
                 progress.update(bar, advance=shard.episodes, description=f"{shard.task} (resumed)")
 
         summary = make_demonstrations(args.out, tasks, episodes=args.episodes, seed=args.seed,
-                                      max_steps=args.max_steps, on_episode=on_episode, on_task=on_task)
+                                      max_steps=args.max_steps, workers=args.workers, on_episode=on_episode,
+                                      on_task=on_task)
     wall = time.perf_counter() - start
     rate = summary.recorded_episodes / wall if wall > 0 else 0.0
     print(f"wrote {summary.out}: {summary.episodes} episodes ({summary.episodes - summary.successes} failed, kept), "

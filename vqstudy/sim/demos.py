@@ -40,18 +40,20 @@ from vqstudy.sim.env import (
     ACTION_DIM,
     DEFAULT_MAX_STEPS,
     OBS_DIM,
-    MetaWorldEnv,
     import_metaworld,
     initial_state_seed,
     package_versions,
     resolve_tasks,
 )
+from vqstudy.sim.record import EpisodeRecord, record_task
 
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "vqstudy-metaworld-demos"
 FORMAT_VERSION = 1
 CHUNK = "chunk-000"
+FPS = 80.0
+"""Steps per second of simulated time: Meta-World's frame_skip 5 x MuJoCo timestep 0.0025 s (checked in tests)."""
 VECTOR_COLUMNS = {"observation.state": OBS_DIM, "action": ACTION_DIM, "observation.hand_pos": 3, "observation.hand_vel": 3}
 
 
@@ -77,29 +79,6 @@ class DemoRequest:
             raise ValueError(f"max_steps ({self.max_steps!r}) must be an integer >= 1")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed ({self.seed!r}) must be an integer >= 0")
-
-
-class EpisodeRecord(NamedTuple):
-    """One recorded expert episode (arrays have T rows)."""
-
-    task: str
-    seed: int
-    state: np.ndarray
-    """(T, 39) float32 observations before each action."""
-    action: np.ndarray
-    """(T, 4) float32 executed actions."""
-    hand_pos: np.ndarray
-    """(T, 3) float32."""
-    hand_vel: np.ndarray
-    """(T, 3) float32."""
-    reward: np.ndarray
-    """(T,) float32 reward after each action."""
-    success: np.ndarray
-    """(T,) bool success flag after each action."""
-
-    @property
-    def succeeded(self) -> bool:
-        return bool(self.success.any())
 
 
 class TaskShard(NamedTuple):
@@ -139,26 +118,6 @@ class DemoSummary:
     def recorded_episodes(self) -> int:
         """Episodes simulated in this call (resumed task files excluded)."""
         return sum(s.episodes for s in self.shards if not s.resumed)
-
-
-def record_expert_episode(env: MetaWorldEnv, seed: int, max_steps: int) -> EpisodeRecord:
-    """Run the scripted expert from the initial state of `seed` until success or `max_steps`."""
-    obs = env.reset(seed)
-    states, actions, pos, vel, rewards, flags = [], [], [], [], [], []
-    for _ in range(max_steps):
-        action = env.expert_action(obs)
-        states.append(obs)
-        pos.append(env.hand_pos())
-        vel.append(env.hand_vel())
-        actions.append(action)
-        obs, reward, success = env.step(action)
-        rewards.append(reward)
-        flags.append(success)
-        if success:
-            break
-    f32 = lambda rows: np.asarray(rows, dtype=np.float32)  # noqa: E731
-    return EpisodeRecord(env.task, int(seed), f32(states), f32(actions), f32(pos), f32(vel), f32(rewards),
-                         np.asarray(flags, dtype=bool))
 
 
 def _shard_path(out: Path, k: int) -> Path:
@@ -226,47 +185,62 @@ def make_demonstrations(
     episodes: int = 50,
     seed: int = 0,
     max_steps: int = DEFAULT_MAX_STEPS,
+    workers: int = 1,
     on_episode: Callable[[str, int], None] | None = None,
     on_task: Callable[[TaskShard], None] | None = None,
 ) -> DemoSummary:
     """Record `episodes` scripted-expert episodes per task into the LeRobot v3.0 dataset `out`
-    (resuming a matching interrupted run). `on_episode(task, e)` and `on_task(shard)` report progress."""
+    (resuming a matching interrupted run). `workers` > 1 records tasks in that many processes (the
+    bytes do not change). `on_episode(task, e)` and `on_task(shard)` report progress; with workers,
+    a task's episodes are reported when the task is done."""
     import_metaworld()
     import pyarrow.parquet as pq
 
     request = DemoRequest(tasks=resolve_tasks(tasks), episodes=episodes, seed=seed, max_steps=max_steps)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers ({workers!r}) must be an integer >= 1")
     out = Path(out)
     resuming = _check_out_dir(out, request)
     if not resuming:
         write_atomic(out / "meta" / "make.json", (json.dumps(asdict(request), indent=2) + "\n").encode())
-    summary = DemoSummary(out, request)
-    fps = None
-    frames = 0
-    for k, task in enumerate(request.tasks):
-        path = _shard_path(out, k)
-        if path.exists():
-            table = pq.read_table(path, columns=["next.done", "episode_index"])
-            successes = _shard_successes(path)
-            shard = TaskShard(task, k, path, len(np.unique(table.column("episode_index").to_numpy())),
-                              table.num_rows, successes, resumed=True)
-            logger.info("%s: %s already recorded, skipped", task, path)
-        else:
-            env = MetaWorldEnv(task)
-            fps = 1.0 / env.dt
-            records = []
-            for e in range(request.episodes):
-                records.append(record_expert_episode(env, initial_state_seed(seed, task, e, "train"), max_steps))
-                if on_episode is not None:
-                    on_episode(task, e)
-            env.close()
-            table = _shard_table(records, k, k * request.episodes, frames, fps)
-            write_atomic(path, _parquet_bytes(table))
-            shard = TaskShard(task, k, path, len(records), table.num_rows, sum(r.succeeded for r in records), False)
-        frames += shard.frames
-        summary.shards.append(shard)
-        if on_task is not None:
-            on_task(shard)
-    _write_meta(out, request, fps)
+    pending = [task for k, task in enumerate(request.tasks) if not _shard_path(out, k).exists()]
+    args = (request.episodes, request.seed, request.max_steps)
+    pool = None
+    if workers > 1 and len(pending) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(min(workers, len(pending)), mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = {task: pool.submit(record_task, task, *args) for task in pending} if pool is not None else {}
+        summary = DemoSummary(out, request)
+        frames = 0
+        for k, task in enumerate(request.tasks):
+            path = _shard_path(out, k)
+            if task not in pending:
+                episode_index = pq.read_table(path, columns=["episode_index"]).column("episode_index").to_numpy()
+                shard = TaskShard(task, k, path, len(np.unique(episode_index)), len(episode_index),
+                                  _shard_successes(path), resumed=True)
+                logger.info("%s: %s already recorded, skipped", task, path)
+            else:
+                if pool is not None:
+                    records = futures[task].result()
+                    for e in range(len(records)):
+                        if on_episode is not None:
+                            on_episode(task, e)
+                else:
+                    records = record_task(task, *args, on_episode=on_episode)
+                table = _shard_table(records, k, k * request.episodes, frames, FPS)
+                write_atomic(path, _parquet_bytes(table))
+                shard = TaskShard(task, k, path, len(records), table.num_rows, sum(r.succeeded for r in records), False)
+            frames += shard.frames
+            summary.shards.append(shard)
+            if on_task is not None:
+                on_task(shard)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    _write_meta(out, request)
     return summary
 
 
@@ -278,13 +252,11 @@ def _shard_successes(path: Path) -> int:
     return int(sum(ok[ep == e].any() for e in np.unique(ep)))
 
 
-def _write_meta(out: Path, request: DemoRequest, fps: float | None) -> None:
+def _write_meta(out: Path, request: DemoRequest) -> None:
     """Episode table, tasks, info.json and metaworld.json from the task files on disk."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if fps is None:
-        fps = 1.0 / MetaWorldEnv(request.tasks[0]).dt
     rows: dict[str, list[Any]] = {k: [] for k in (
         "episode_index", "tasks", "length", "data/chunk_index", "data/file_index", "dataset_from_index",
         "dataset_to_index", "task_index", "seed", "success", "success_step")}
@@ -335,7 +307,7 @@ def _write_meta(out: Path, request: DemoRequest, fps: float | None) -> None:
         "total_frames": total_frames,
         "total_tasks": len(request.tasks),
         "chunks_size": 1000,
-        "fps": fps,
+        "fps": FPS,
         "splits": {"train": f"0:{total_episodes}"},
         "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
         "video_path": None,
