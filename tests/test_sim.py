@@ -84,9 +84,12 @@ def test_expert_succeeds_on_reach():
 @pytest.mark.parametrize("horizon", [1, 4])
 def test_chunked_replay_equals_expert_exactly(horizon):
     cfg = RolloutConfig(["push-v3"], n=2, seed=1, max_steps=40, num_envs=2)
+    cache: dict = {}
     expert = evaluate(ExpertSource(), cfg)
-    chunked = evaluate(ExpertChunkSource(horizon), cfg)
+    chunked = evaluate(ExpertChunkSource(horizon), cfg, env_cache=cache)
     assert chunked.episodes == expert.episodes  # same seeds, successes, lengths and smoothness, to the bit
+    again = evaluate(ExpertChunkSource(horizon), cfg, env_cache=cache)  # reused simulators: still exact
+    assert again.episodes == expert.episodes and len(cache["push-v3"]) == 2
 
 
 def test_tokenized_fine_bins_follow_the_expert():

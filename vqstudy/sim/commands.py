@@ -147,7 +147,8 @@ def cmd_policy_eval(args: argparse.Namespace, builder: SourceBuilder | None = No
     console = Console()
     console.print(table)
     tm = result.timing
-    console.print(f"{tm.env_steps} env steps in {tm.wall_s:.1f} s ({tm.env_steps_per_s:.0f}/s); simulator "
+    console.print(f"{tm.env_steps} env steps in {tm.wall_s:.1f} s ({tm.setup_s:.1f} s building simulators; "
+                  f"{tm.env_steps_per_s:.0f} steps/s after that); simulator "
                   f"{tm.sim_fraction:.0%}, source {tm.source_fraction:.0%} of the time"
                   + "".join(f"; {k} {v:.3g}" for k, v in result.source_stats.items()))
     if args.out:
