@@ -88,6 +88,7 @@ def test_same_seed_same_bytes_and_resume(tiny, tmp_path):
     assert _digests(out) == _digests(tiny)
 
 
+@pytest.mark.slow  # starts two worker processes (~5 s)
 def test_parallel_workers_same_bytes(tiny, tmp_path):
     out = tmp_path / "parallel"
     make_demonstrations(out, **TINY, workers=2)
