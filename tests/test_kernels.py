@@ -9,7 +9,9 @@ import os
 import pytest
 import torch
 
+import vqstudy.kernels
 import vqstudy.kernels.blocked as blocked
+import vqstudy.kernels.compiled as compiled
 from vqstudy.kernels import (
     ENV_VAR,
     NearestCode,
@@ -25,6 +27,10 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 needs_triton = pytest.mark.skipif(
     not (HAS_TRITON and (INTERPRET or torch.cuda.is_available())),
     reason="triton backend needs `triton` and CUDA or TRITON_INTERPRET=1 (set before python starts)",
+)
+
+needs_compiler = pytest.mark.skipif(
+    not compiled.compiled_available(), reason="backend='compiled' needs a C++ compiler (g++/clang++, or set CXX)"
 )
 
 ODD_SIZES = [(37, 19, 5), (1, 1, 3), (1, 7, 3), (20, 1, 4), (33, 17, 16), (18, 21, 33)]
@@ -53,11 +59,53 @@ def data(n: int, k: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
     return torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
 
 
-@pytest.mark.parametrize("backend", ["torch", "blocked", "auto"])
+@pytest.mark.parametrize("backend", ["torch", "blocked", "auto", pytest.param("compiled", marks=needs_compiler)])
 @pytest.mark.parametrize("n,k,d", ODD_SIZES + [(300, 600, 8)])
 def test_cpu_backends_find_nearest(backend: str, n: int, k: int, d: int) -> None:
     x, codebook = data(n, k, d)
-    assert_nearest(x, codebook, nearest_code(x, codebook, backend=backend))
+    out = nearest_code(x, codebook, backend=backend)
+    assert_nearest(x, codebook, out)
+    assert torch.equal(out.indices, nearest_code(x, codebook, backend="torch").indices)
+
+
+@needs_compiler
+def test_compiled_threads_chunks_strides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two threads pulling 6-row blocks, one codebook chunk per tile, strided x and codebook: reference ids."""
+    monkeypatch.setattr(compiled, "MIN_WORK_FOR_THREADS", 0)
+    monkeypatch.setattr(compiled, "ROW_BLOCK", 6)
+    monkeypatch.setattr(compiled, "L2_BYTES", 1)
+    threads, _, chunk_tiles = compiled.compiled_plan(101, 70, 9, 2)
+    assert threads == 2 and chunk_tiles == 1
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(9, 101, generator=g).T  # (101, 9), strides (1, 101): copied to contiguous
+    codebook = torch.randn(70, 20, generator=g)[:, :9]  # (70, 9), row stride 20
+    indices, sqdist = compiled.nearest_code_compiled(x, codebook, threads=2)
+    assert_nearest(x, codebook, NearestCode(indices, sqdist))
+    assert torch.equal(indices, nearest_code(x, codebook, backend="torch").indices)
+    x_rows = torch.randn(40, 9, generator=g)[::2]  # (20, 9), row stride 18
+    indices, _ = compiled.nearest_code_compiled(x_rows, codebook, threads=2)
+    assert torch.equal(indices, nearest_code(x_rows, codebook, backend="torch").indices)
+
+
+def test_without_a_compiler_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(vqstudy.kernels, "compiled_available", lambda: False)
+    monkeypatch.setattr(compiled, "_library", lambda: None)
+    x, codebook = data(1000, 300, 4)
+    assert resolve_backend("auto", x, codebook) == "blocked"
+    assert resolve_backend("auto", x[:10], codebook) == "torch"
+    with pytest.raises(RuntimeError, match="C\\+\\+ compiler"):
+        nearest_code(x, codebook, backend="compiled")
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_compiled_build_is_cached(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv(compiled.CACHE_ENV, str(tmp_path))
+    lib = compiled._build()
+    assert lib.parent == tmp_path and lib.exists()
+    mtime = lib.stat().st_mtime_ns
+    assert compiled._build() == lib and lib.stat().st_mtime_ns == mtime  # the second call reuses the file
 
 
 @needs_triton
@@ -142,16 +190,31 @@ def test_blocked_never_allocates_the_full_matrix(monkeypatch: pytest.MonkeyPatch
     assert_nearest(x, codebook, NearestCode(*out))
 
 
-def test_duplicate_codes_and_dtypes() -> None:
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_match_the_float32_search(dtype: torch.dtype) -> None:
+    """fp16/bf16 in, fp32 accumulation: the ids of the fp32 search on the upcast values, ties included."""
+    x, codebook = data(70, 40, 6, seed=6)
+    codebook[20:] = codebook[:20].clone()  # every code twice: the lower index must win
+    x_h, c_h = x.to(dtype), codebook.to(dtype)
+    expected = nearest_code(x_h.float(), c_h.float(), backend="torch").indices
+    assert bool((expected < 20).all())
+    for backend in available_backends():
+        out = nearest_code(x_h, c_h, backend=backend)
+        assert torch.equal(out.indices, expected), backend
+        assert out.sqdist.dtype == torch.float32
+        assert_nearest(x_h.float(), c_h.float(), out)
+
+
+def test_duplicate_codes_and_float64() -> None:
     x, codebook = data(50, 40, 5, seed=6)
-    codebook[20:] = codebook[:20]  # every code twice: any of the tied pair is correct
-    for backend in ("torch", "blocked"):
-        assert_nearest(x, codebook, nearest_code(x, codebook, backend=backend))
+    codebook[20:] = codebook[:20].clone()  # every code twice: the lower index wins
+    for backend in available_backends():
+        out = nearest_code(x, codebook, backend=backend)
+        assert_nearest(x, codebook, out)
+        assert bool((out.indices < 20).all())
         out64 = nearest_code(x.double(), codebook.double(), backend=backend)
         assert out64.sqdist.dtype == torch.float32
         assert_nearest(x, codebook, out64)
-        half = nearest_code(x.half(), codebook.half(), backend=backend)
-        assert_nearest(x.half().float(), codebook.half().float(), half)
 
 
 def tied_codebook() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -177,6 +240,9 @@ def test_ties_go_to_the_lowest_index_on_every_backend(monkeypatch: pytest.Monkey
     """Duplicate codes on both sides of block/group/tile boundaries: every backend returns the reference's ids."""
     monkeypatch.setattr(blocked, "TARGET_BUFFER_BYTES", 4 * 1024)  # several row blocks
     monkeypatch.setattr(blocked, "MIN_CODES_FOR_GROUPS", 8)  # two-level argmin with G = 16 at K = 64
+    monkeypatch.setattr(compiled, "MIN_WORK_FOR_THREADS", 0)  # compiled: two threads, 6-row blocks
+    monkeypatch.setattr(compiled, "ROW_BLOCK", 6)
+    monkeypatch.setattr(compiled, "L2_BYTES", 1)  # and one codebook chunk per code tile
     x, codebook, first = tied_codebook()
     reference = nearest_code(x, codebook, backend="torch").indices
     assert torch.equal(reference, first)
@@ -202,8 +268,11 @@ def test_auto_dispatch_and_env_override(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv(ENV_VAR, raising=False)
     small = torch.empty(100, 8, device="meta"), torch.empty(16, 8, device="meta")
     large = torch.empty(100_000, 8, device="meta"), torch.empty(4096, 8, device="meta")
-    assert resolve_backend("auto", *small) == "torch"
+    assert resolve_backend("auto", *small) == "torch"  # meta tensors: neither CUDA nor CPU
     assert resolve_backend("auto", *large) == "blocked"
+    cpu = torch.zeros(4, 3), torch.zeros(5, 3)
+    assert resolve_backend("auto", *cpu) == ("compiled" if compiled.compiled_available() else "torch")
+    assert resolve_backend("auto", cpu[0].double(), cpu[1]) == "torch"  # float64 stays on the torch paths
     monkeypatch.setenv(ENV_VAR, "blocked")
     assert resolve_backend("auto", *small) == "blocked"
     assert resolve_backend("torch", *large) == "torch"  # an explicit argument wins over the env var
@@ -217,13 +286,14 @@ def test_auto_dispatch_and_env_override(monkeypatch: pytest.MonkeyPatch) -> None
 def test_available_backends() -> None:
     names = available_backends()
     assert names[:2] == ["torch", "blocked"]
+    assert ("compiled" in names) == compiled.compiled_available()
     assert ("triton" in names) == (HAS_TRITON and (INTERPRET or torch.cuda.is_available()))
 
 
 @pytest.mark.parametrize(
     "x,codebook,backend,err,match",
     [
-        (torch.zeros(4, 3), torch.zeros(5, 3), "fast", ValueError, "'auto', 'torch', 'blocked', 'triton'.*'fast'"),
+        (torch.zeros(4, 3), torch.zeros(5, 3), "fast", ValueError, "'auto', 'torch', 'compiled', 'blocked', 'triton'.*'fast'"),
         (torch.zeros(4), torch.zeros(5, 3), "auto", ValueError, r"x must be 2-D \(N, D\)"),
         (torch.zeros(4, 3), torch.zeros(5, 3, 1), "auto", ValueError, r"codebook must be 2-D \(K, D\)"),
         (torch.zeros(4, 3), torch.zeros(5, 2), "auto", ValueError, "same D"),
@@ -252,5 +322,6 @@ def test_bench_smoke(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert set(rows) == {"vqstudy", "cdist"} and all(r["time_s"] > 0 for r in rows.values())
     assert rows["vqstudy"]["gflops"] == pytest.approx(2 * 256 * 300 * 8 / rows["vqstudy"]["time_s"] / 1e9)
     assert "| 256 | 300 | 8 | vqstudy |" in md.read_text()
+    assert rows["vqstudy"]["ids_differ"] == 0 and rows["cdist"]["ids_differ"] == 0
     with pytest.raises(ValueError, match="methods"):
         BenchConfig(methods=("nope",))

@@ -1,17 +1,23 @@
-"""Benchmark: nearest-code search and quantizer training step vs the machine's GEMM rate, torch.cdist
-and vector-quantize-pytorch (vqp). `python scripts/bench_nearest.py [--quick] [--out results/]`.
+"""Benchmark: nearest-code search and quantizer training step vs the machine's GEMM rate, FAISS, torch.cdist
+and vector-quantize-pytorch (vqp). `python scripts/bench_nearest.py [--quick] [--out results/]` on the CPU;
+`python scripts/bench_nearest.py --device cuda --out results/` on a GPU (writes bench_nearest_cuda.md/json).
 
 Per grid entry (N, K, D), measured in one process, one after the other:
-- gemm:          fp32 torch.mm of two (S, S) matrices just before the entry (best of a few) = the limit;
-- vqstudy:       `nearest_code(x, codebook)` with the auto backend;
+- gemm:          fp32 torch.mm of two (S, S) matrices just before the entry (best of a few) = the limit
+                 (on CUDA also the TF32 rate);
+- vqstudy:       `nearest_code(x, codebook)` with the auto backend (compiled C++ kernel on CPU, Triton on CUDA);
+- vqstudy_tf32:  (CUDA) the Triton kernel with TF32 dot products;
+- addmm:         (CUDA) the torch reference: addmm distance matrix + argmin;
+- faiss:         (CPU) `faiss.IndexFlatL2(D)`, codebook added, `search(x, 1)`, with as many OpenMP threads as torch;
 - cdist:         `torch.cdist(x, codebook).argmin(1)`;
 - vqp_eval:      `VectorQuantize(dim=D, codebook_size=K)` eval forward under no_grad;
 - vqp_train:     vqp forward + backward, kmeans_init=True, threshold_ema_dead_code=2, after a warm-up step;
 - vqstudy_train: `Quantizer(dim=D, codebook_size=K)` forward + backward of loss + quantized.sum(),
                  after warm-up steps until its k-means init has run.
-Times are medians of `repeats` calls; GFLOP/s counts 2*N*K*D flops (one search) for every method.
-Peak extra memory of the searches is measured in a fresh subprocess per (method, entry); see
-`memory_probe`.
+Times are medians of `repeats` calls (fewer for slow baselines, see `BenchConfig.budget_s`); GFLOP/s
+counts 2*N*K*D flops (one search) for every method. Every search's ids are compared with the torch
+reference (addmm + argmin, in row chunks). Peak extra memory of the searches is measured in a fresh
+subprocess per (method, entry) on the CPU (see `memory_probe`), with torch.cuda's peak statistics on CUDA.
 """
 
 from __future__ import annotations
@@ -38,10 +44,24 @@ from vqstudy.machine import loadavg, machine_info
 
 log = logging.getLogger(__name__)
 
-GRID = ((4096, 512, 32), (65536, 4096, 32), (32768, 1024, 64), (65536, 16384, 32))
+GRID = (
+    (4096, 512, 32), (65536, 4096, 32), (32768, 1024, 64), (65536, 16384, 32),  # the original grid
+    (65536, 256, 32), (16384, 65536, 32),  # K = 256 and 65536
+    (65536, 4096, 8), (65536, 4096, 16), (16384, 4096, 128),  # D = 8, 16, 128 (64 above)
+    (1024, 512, 32), (1024, 4096, 32),  # N = 1024: the batch of a small training step
+)  # fmt: skip
 QUICK_GRID = ((1024, 128, 16), (2048, 512, 32))
-SEARCH_METHODS = ("vqstudy", "cdist", "vqp_eval")
+SEARCH_METHODS = ("vqstudy", "faiss", "cdist", "vqp_eval")
+CUDA_SEARCH_METHODS = ("vqstudy", "vqstudy_tf32", "addmm", "cdist", "vqp_eval")
 TRAIN_METHODS = ("vqp_train", "vqstudy_train")
+ALL_METHODS = SEARCH_METHODS + CUDA_SEARCH_METHODS[1:3] + TRAIN_METHODS
+MEMORY_METHODS = ("vqstudy", "vqstudy_tf32", "faiss", "addmm")
+"""Searches whose peak memory is probed (a fresh process each; the N x K baselines are known to need N x K)."""
+NEAR_TIE_REL = 1e-6
+"""Differing ids whose float64 distances differ by less than this fraction of ||x||^2 + ||c||^2 are called near
+ties (fp32 rounds those terms at ~6e-8 relative; the two computations accumulate in different orders)."""
+REFERENCE_CHUNK_BYTES = 256 * 2**20
+"""The ids reference (torch addmm + argmin) runs over row chunks whose (rows, K) matrix is at most this big."""
 
 
 @dataclass
@@ -60,11 +80,15 @@ class BenchConfig:
     """Skip cdist/vqp at entries whose (N, K) fp32 matrix is larger than this (they materialize it, several
     times for vqp); vqstudy always runs."""
     memory: bool = True
-    """Measure peak extra memory of the searches (one subprocess per method and entry)."""
+    """Measure peak extra memory of the searches (one subprocess per method and entry on the CPU)."""
     seed: int = 0
     """Seed of the random inputs."""
     methods: tuple[str, ...] = SEARCH_METHODS + TRAIN_METHODS
-    """Methods to run (subset of SEARCH_METHODS + TRAIN_METHODS)."""
+    """Methods to run (subset of ALL_METHODS; on CUDA the training methods and faiss are not run)."""
+    device: str = "cpu"
+    """Device of the inputs: "cpu" or "cuda"."""
+    budget_s: float = 15.0
+    """A method whose first call takes longer than budget_s / repeats gets fewer timed calls (at least 3)."""
 
     def __post_init__(self) -> None:
         if not self.grid:
@@ -75,48 +99,96 @@ class BenchConfig:
         for name in ("repeats", "train_repeats", "gemm_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"BenchConfig.{name} ({getattr(self, name)}) must be >= 1")
-        unknown = set(self.methods) - set(SEARCH_METHODS + TRAIN_METHODS)
+        unknown = set(self.methods) - set(ALL_METHODS)
         if unknown:
             raise ValueError(f"BenchConfig.methods has unknown {sorted(unknown)}; expected a subset of "
-                             f"{list(SEARCH_METHODS + TRAIN_METHODS)}")  # fmt: skip
+                             f"{list(ALL_METHODS)}")  # fmt: skip
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"BenchConfig.device must be 'cpu' or 'cuda', got {self.device!r}")
 
 
-def _times(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _times(fn: Callable[[], Any], repeats: int, warmup: int = 1, budget_s: float | None = None,
+           device: str = "cpu") -> list[float]:  # fmt: skip
+    """Wall times of `repeats` calls after `warmup` calls; fewer (>= 3) when one call exceeds budget_s / repeats."""
     for _ in range(warmup):
+        start = time.perf_counter()
         fn()
+        _sync(device)
+        first = time.perf_counter() - start
+        if budget_s is not None and first * repeats > budget_s:
+            repeats = max(3, int(budget_s / first))
     out = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        _sync(device)
         out.append(time.perf_counter() - start)
     return out
 
 
-def gemm_gflops(size: int = 2048, repeats: int = 3) -> float:
-    """Best fp32 GFLOP/s of (size, size) @ (size, size) over `repeats` calls."""
+def gemm_gflops(size: int = 2048, repeats: int = 3, device: str = "cpu", tf32: bool = False) -> float:
+    """Best fp32 (or TF32 on CUDA) GFLOP/s of (size, size) @ (size, size) over `repeats` calls."""
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(size, size, generator=g), torch.randn(size, size, generator=g)
-    c = torch.empty(size, size)
-    return 2 * size**3 / min(_times(lambda: torch.mm(a, b, out=c), repeats)) / 1e9
+    a, b = torch.randn(size, size, generator=g).to(device), torch.randn(size, size, generator=g).to(device)
+    c = torch.empty(size, size, device=device)
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        best = min(_times(lambda: torch.mm(a, b, out=c), repeats, device=device))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    return 2 * size**3 / best / 1e9
 
 
-def _inputs(n: int, k: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _inputs(n: int, k: int, d: int, seed: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
+    return torch.randn(n, d, generator=g).to(device), torch.randn(k, d, generator=g).to(device)
+
+
+def faiss_threads() -> int:
+    """Import faiss and give it as many OpenMP threads as torch has (ImportError says what to install)."""
+    try:
+        import faiss
+    except ImportError as err:
+        raise ImportError("the faiss baseline needs faiss-cpu: pip install 'vqstudy[bench]' (or faiss-cpu)") from err
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    return torch.get_num_threads()
 
 
 def _search_fn(method: str, x: torch.Tensor, codebook: torch.Tensor) -> Callable[[], Any]:
-    """A zero-argument callable doing one search with `method` (module construction excluded)."""
+    """A zero-argument callable doing one search with `method` (index/module construction excluded)."""
     if method == "vqstudy":
         from vqstudy.kernels import nearest_code
 
         return lambda: nearest_code(x, codebook)
+    if method == "vqstudy_tf32":
+        from vqstudy.kernels import nearest_code
+
+        return lambda: nearest_code(x, codebook, allow_tf32=True)
+    if method == "addmm":
+        from vqstudy.kernels import nearest_code
+
+        return lambda: nearest_code(x, codebook, backend="torch")
+    if method == "faiss":
+        faiss_threads()
+        import faiss
+
+        index = faiss.IndexFlatL2(x.shape[1])
+        index.add(codebook.numpy())
+        queries = x.numpy()
+        return lambda: index.search(queries, 1)
     if method == "cdist":
         return lambda: torch.cdist(x, codebook).argmin(dim=1)
     if method == "vqp_eval":
         from vector_quantize_pytorch import VectorQuantize
 
-        vq = VectorQuantize(dim=x.shape[1], codebook_size=codebook.shape[0]).eval()
+        vq = VectorQuantize(dim=x.shape[1], codebook_size=codebook.shape[0]).eval().to(x.device)
+        vq._codebook.embed.data.copy_(codebook[None])  # (1, K, D): search the same codebook as the others
         batch = x[None]  # (1, N, D)
 
         def run() -> Any:
@@ -124,7 +196,43 @@ def _search_fn(method: str, x: torch.Tensor, codebook: torch.Tensor) -> Callable
                 return vq(batch)
 
         return run
-    raise ValueError(f"unknown search method {method!r}; expected one of {SEARCH_METHODS}")
+    raise ValueError(f"unknown search method {method!r}; expected one of {SEARCH_METHODS + CUDA_SEARCH_METHODS}")
+
+
+def _ids(method: str, result: Any) -> torch.Tensor:
+    """(N,) int64 ids from one search result of `method`."""
+    if method in ("vqstudy", "vqstudy_tf32", "addmm"):
+        return result.indices
+    if method == "faiss":
+        return torch.from_numpy(result[1][:, 0]).long()
+    if method == "cdist":
+        return result
+    return result[1].reshape(-1)  # vqp: (quantized, indices (1, N), loss)
+
+
+def reference_ids(x: torch.Tensor, codebook: torch.Tensor, chunk_bytes: int = REFERENCE_CHUNK_BYTES) -> torch.Tensor:
+    """(N,) ids of the torch reference (addmm + argmin), over row chunks so the matrix stays small."""
+    from vqstudy.kernels.reference import nearest_code_torch
+
+    rows = max(1, chunk_bytes // (4 * codebook.shape[0]))
+    return torch.cat([nearest_code_torch(x[i : i + rows], codebook)[0] for i in range(0, x.shape[0], rows)])
+
+
+def compare_ids(x: torch.Tensor, codebook: torch.Tensor, ids: torch.Tensor, ref: torch.Tensor) -> dict[str, Any]:
+    """How `ids` differ from the reference `ref`: count, and the float64 distance gap where they differ."""
+    ids, ref = ids.to(ref.device), ref
+    differ = (ids != ref).nonzero().squeeze(1)  # (M,)
+    out: dict[str, Any] = {"ids_differ": int(differ.numel())}
+    if differ.numel():
+        xs = x[differ].double()  # (M, D)
+        d_own = (xs - codebook[ids[differ]].double()).square().sum(1)  # (M,)
+        d_ref = (xs - codebook[ref[differ]].double()).square().sum(1)
+        scale = xs.square().sum(1) + codebook[ref[differ]].double().square().sum(1)  # size of the terms
+        out["max_gap"] = float((d_own - d_ref).abs().max())
+        out["max_rel_gap"] = float(((d_own - d_ref).abs() / scale).max())  # vs ||x||^2 + ||c||^2
+        out["own_closer"] = int((d_own < d_ref).sum())
+        out["ref_closer"] = int((d_own > d_ref).sum())
+    return out
 
 
 def _train_step_fn(method: str, x: torch.Tensor, k: int) -> tuple[Callable[[], Any], float]:
@@ -210,50 +318,110 @@ def measure_memory(method: str, n: int, k: int, d: int, seed: int = 0, timeout: 
         return None
 
 
+def _skip_reason(cfg: BenchConfig, method: str, n: int, k: int) -> str | None:
+    cuda = cfg.device == "cuda"
+    if cuda and method in ("faiss", *TRAIN_METHODS):
+        return "CPU-only method in this benchmark"
+    if not cuda and method in ("vqstudy_tf32", "addmm"):
+        return "CUDA-only method (on the CPU vqstudy's reference is the ids check)"
+    if method == "faiss":
+        try:
+            faiss_threads()
+        except ImportError as err:
+            return str(err)
+    if method.startswith("vqstudy") or method == "faiss":
+        return None
+    if n * k * 4 > cfg.max_baseline_bytes:
+        if method == "vqstudy_train":
+            return "no vqp baseline at this size (its k-means warm-up alone takes minutes)"
+        return f"(N, K) fp32 matrix {n * k * 4 / 2**30:.1f} GiB > max_baseline_bytes"
+    return None
+
+
+def _cuda_peak_extra(fn: Callable[[], Any]) -> int:
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    result = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    del result
+    return peak - base
+
+
 def _entry(cfg: BenchConfig, n: int, k: int, d: int) -> dict[str, Any]:
     flops = 2 * n * k * d
-    gemm = gemm_gflops(cfg.gemm_size)
-    x, codebook = _inputs(n, k, d, cfg.seed)
-    too_big = n * k * 4 > cfg.max_baseline_bytes
+    gemm = gemm_gflops(cfg.gemm_size, device=cfg.device)
+    gemm_tf32 = gemm_gflops(cfg.gemm_size, device=cfg.device, tf32=True) if cfg.device == "cuda" else None
+    x, codebook = _inputs(n, k, d, cfg.seed, cfg.device)
+    ref = reference_ids(x, codebook)
     rows: dict[str, dict[str, Any]] = {}
     for method in cfg.methods:
         row: dict[str, Any] = {"method": method}
         rows[method] = row
-        if method != "vqstudy" and too_big:
-            row["skipped"] = f"(N, K) fp32 matrix {n * k * 4 / 2**30:.1f} GiB > max_baseline_bytes"
-            if method == "vqstudy_train":
-                row["skipped"] = "no vqp baseline at this size (its k-means warm-up alone takes minutes)"
+        reason = _skip_reason(cfg, method, n, k)
+        if reason:
+            row["skipped"] = reason
             continue
         log.info("bench %s at N=%d K=%d D=%d", method, n, k, d)
-        if method in SEARCH_METHODS:
-            times = _times(_search_fn(method, x, codebook), cfg.repeats)
-        else:
+        rate = gemm_tf32 if method == "vqstudy_tf32" else gemm
+        if method in TRAIN_METHODS:
             step, row["warmup_s"] = _train_step_fn(method, x, k)
             times = _times(step, cfg.train_repeats, warmup=0)
+        else:
+            fn = _search_fn(method, x, codebook)
+            times = _times(fn, cfg.repeats, budget_s=cfg.budget_s, device=cfg.device)
+            row.update(compare_ids(x, codebook, _ids(method, fn()), ref))
         row["time_s"] = statistics.median(times)
         row["time_min_s"] = min(times)
+        row["calls"] = len(times)
         row["gflops"] = flops / row["time_s"] / 1e9
-        row["ratio_gemm"] = row["gflops"] / gemm
-        if cfg.memory and method in SEARCH_METHODS:
-            row["peak_extra_bytes"] = measure_memory(method, n, k, d, cfg.seed)
+        row["ratio_gemm"] = row["gflops"] / rate
+        if cfg.memory and method in MEMORY_METHODS:
+            if cfg.device == "cuda":
+                row["peak_extra_bytes"] = _cuda_peak_extra(_search_fn(method, x, codebook))
+            else:
+                row["peak_extra_bytes"] = measure_memory(method, n, k, d, cfg.seed)
         gc.collect()
-    for method, base in (("vqstudy", "vqp_eval"), ("cdist", "vqp_eval"), ("vqp_eval", "vqp_eval"),
+    for method, base in (("vqstudy", "vqp_eval"), ("vqstudy_tf32", "vqp_eval"), ("addmm", "vqp_eval"),
+                         ("faiss", "vqp_eval"), ("cdist", "vqp_eval"), ("vqp_eval", "vqp_eval"),
                          ("vqstudy_train", "vqp_train"), ("vqp_train", "vqp_train")):  # fmt: skip
         if "time_s" in rows.get(method, {}) and "time_s" in rows.get(base, {}):
             rows[method]["speedup_vs_vqp"] = rows[base]["time_s"] / rows[method]["time_s"]
+    if "time_s" in rows.get("vqstudy", {}) and "time_s" in rows.get("faiss", {}):
+        rows["vqstudy"]["speedup_vs_faiss"] = rows["faiss"]["time_s"] / rows["vqstudy"]["time_s"]
     entry: dict[str, Any] = {"n": n, "k": k, "d": d, "flops": flops, "gemm_gflops": gemm, "methods": list(rows.values())}
-    if x.device.type == "cpu":
-        from vqstudy.kernels import blocked_plan, resolve_backend
+    if gemm_tf32 is not None:
+        entry["gemm_tf32_gflops"] = gemm_tf32
+    from vqstudy.kernels import blocked_plan, resolve_backend
 
-        if resolve_backend("auto", x, codebook) == "blocked":
-            entry["blocked_plan"] = blocked_plan(n, k, d, 4, torch.get_num_threads())._asdict()
+    backend = resolve_backend("auto", x, codebook)
+    entry["backend"] = backend
+    if backend == "compiled":
+        from vqstudy.kernels.compiled import compiled_plan, tile_shape
+
+        threads, row_block, chunk_tiles = compiled_plan(n, k, d, torch.get_num_threads())
+        entry["compiled_plan"] = {"threads": threads, "row_block": row_block, "chunk_codes": chunk_tiles * tile_shape()[1],
+                                  "tile": list(tile_shape())}  # fmt: skip
+    elif backend == "blocked":
+        entry["blocked_plan"] = blocked_plan(n, k, d, 4, torch.get_num_threads())._asdict()
     return entry
 
 
 def run_bench(cfg: BenchConfig | None = None) -> dict[str, Any]:
     """Run every grid entry; returns a JSON-ready dict (machine, config, per-entry rows)."""
     cfg = cfg or BenchConfig()
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("BenchConfig.device is 'cuda' but torch.cuda.is_available() is False")
     machine = machine_info()
+    if cfg.device == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name()
+    try:
+        from importlib.metadata import version
+
+        machine["versions"]["faiss-cpu"] = version("faiss-cpu")
+    except Exception:  # noqa: BLE001 - not installed (or not by pip): recorded as absent
+        machine["versions"]["faiss-cpu"] = None
     started = time.time()
     entries = [_entry(cfg, n, k, d) for n, k, d in cfg.grid]
     machine["loadavg_end"] = loadavg()
@@ -286,6 +454,16 @@ def check_targets(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
          get(65536, 16384, 32, "vqstudy", "peak_extra_bytes"), 256 * 2**20, "<="),
     ]  # fmt: skip
     for e in entries:
+        shape = f"({e['n']}, {e['k']}, {e['d']})"
+        value = get(e["n"], e["k"], e["d"], "vqstudy", "speedup_vs_faiss")
+        if value is not None:
+            checks.append((f"search at least as fast as FAISS at {shape} (FAISS time / vqstudy time)", value, 1, ">="))
+    for e in entries:
+        value = get(e["n"], e["k"], e["d"], "vqstudy", "ids_differ")
+        if value is not None:
+            checks.append((f"search ids identical to the reference at ({e['n']}, {e['k']}, {e['d']}) (ids that differ)",
+                           value, 0, "<="))  # fmt: skip
+    for e in entries:
         value = get(e["n"], e["k"], e["d"], "vqstudy_train", "speedup_vs_vqp")
         if value is not None:
             checks.append((f"training step >= 5x vqp at ({e['n']}, {e['k']}, {e['d']})", value, 5, ">="))
@@ -303,45 +481,74 @@ def _fmt_bytes(b: int | None) -> str:
     return "n/a" if b is None else f"{b / 2**20:.1f} MiB"
 
 
+def _fmt_ids(row: dict[str, Any]) -> str:
+    if "ids_differ" not in row:
+        return ""
+    if row["ids_differ"] == 0:
+        return "identical"
+    kind = "near ties: " if row["max_rel_gap"] < NEAR_TIE_REL else ""
+    return (f"{row['ids_differ']} differ ({kind}max gap {row['max_gap']:.1e}, {row['max_rel_gap']:.1e} of "
+            f"||x||^2+||c||^2; closer: own {row['own_closer']}, ref {row['ref_closer']})")  # fmt: skip
+
+
 def to_markdown(results: dict[str, Any], command: str) -> str:
     """The results as a markdown report (command, machine, table, targets, method notes)."""
     m = results["machine"]
+    cuda = results["config"]["device"] == "cuda"
+    title = "# Nearest-code search benchmark" + (" (CUDA)" if cuda else "")
+    gemm_line = (
+        f"GEMM rate (fp32 {results['config']['gemm_size']}^3 torch.mm, best of 3, measured before each entry): "
+        f"best {results['gemm_gflops_best']:.0f} GFLOP/s. Wall time {results['wall_s']:.0f} s."
+    )
+    if cuda:
+        gemm_line += " On CUDA the TF32 rate is measured too; vqstudy_tf32 is divided by it."
     lines = [
-        "# Nearest-code search benchmark",
+        title,
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch threads {m['torch_threads']}, "
-        f"torch {m['versions']['torch']}, triton {m['versions']['triton']}, "
+        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch threads {m['torch_threads']}"
+        + (f", GPU {m['gpu']}" if cuda else "")
+        + f", torch {m['versions']['torch']}, triton {m['versions']['triton']}, "
+        f"faiss-cpu {m['versions'].get('faiss-cpu')}, "
         f"vector-quantize-pytorch {m['versions']['vector-quantize-pytorch']}, python {m['versions']['python']}. "
         f"Load average (1/5/15 min) at start {_round(m['loadavg'])}, at end {_round(m.get('loadavg_end'))} "
-        "(a shared machine: other "
-        "processes competed for the cores during the run).",
+        "(a shared machine: other processes competed for the cores during the run).",
         "",
-        f"GEMM rate (fp32 {results['config']['gemm_size']}^3 torch.mm, best of 3, measured before each entry): "
-        f"best {results['gemm_gflops_best']:.0f} GFLOP/s. Wall time {results['wall_s']:.0f} s.",
+        gemm_line,
         "",
-        "| N | K | D | method | time (median) | GFLOP/s | / GEMM | speedup vs vqp | peak extra mem |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| N | K | D | method | time (median) | GFLOP/s | / GEMM | FAISS time / time | speedup vs vqp "
+        "| ids vs reference | peak extra mem |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in results["entries"]:
+        faiss_time = next((r.get("time_s") for r in e["methods"] if r["method"] == "faiss"), None)
         for row in e["methods"]:
             head = f"| {e['n']} | {e['k']} | {e['d']} | {row['method']} "
             if "skipped" in row:
-                lines.append(head + f"| skipped: {row['skipped']} | | | | |")
+                lines.append(head + f"| skipped: {row['skipped']} | | | | | | |")
                 continue
             speed = f"{row['speedup_vs_vqp']:.1f}x" if "speedup_vs_vqp" in row else ""
-            mem = _fmt_bytes(row.get("peak_extra_bytes")) if row["method"] in SEARCH_METHODS else ""
+            vs_faiss = f"{faiss_time / row['time_s']:.2f}" if faiss_time and row["method"] not in TRAIN_METHODS else ""
+            mem = _fmt_bytes(row.get("peak_extra_bytes")) if "peak_extra_bytes" in row else ""
+            rate = e.get("gemm_tf32_gflops") if row["method"] == "vqstudy_tf32" else e["gemm_gflops"]
             lines.append(
                 head + f"| {row['time_s'] * 1e3:.1f} ms | {row['gflops']:.1f} | {row['ratio_gemm']:.3f} "
-                f"(GEMM {e['gemm_gflops']:.0f}) | {speed} | {mem} |"
+                f"(GEMM {rate:.0f}) | {vs_faiss} | {speed} | {_fmt_ids(row)} | {mem} |"
             )
-    lines += ["", "Blocked-search plans (auto backend on CPU; buffer = analytic scratch of one call):", ""]
+    lines += ["", "Plans of the auto backend (compiled: TR x TC tile, rows per work item, codes per L2 chunk):", ""]
     for e in results["entries"]:
-        if "blocked_plan" in e:
+        shape = f"({e['n']}, {e['k']}, {e['d']})"
+        if "compiled_plan" in e:
+            p = e["compiled_plan"]
+            lines.append(f"- {shape}: compiled, tile {p['tile'][0]} x {p['tile'][1]}, threads {p['threads']}, "
+                         f"row block {p['row_block']}, codebook chunk {p['chunk_codes']} codes")  # fmt: skip
+        elif "blocked_plan" in e:
             p = e["blocked_plan"]
-            lines.append(f"- ({e['n']}, {e['k']}, {e['d']}): block_rows {p['block_rows']}, groups {p['groups']}, "
+            lines.append(f"- {shape}: blocked, block_rows {p['block_rows']}, groups {p['groups']}, "
                          f"workers {p['workers']}, scratch {_fmt_bytes(p['buffer_bytes'])}")  # fmt: skip
+        else:
+            lines.append(f"- {shape}: {e.get('backend', '?')}")
     lines += ["", "## Targets", ""]
     for t in results["targets"]:
         status = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
@@ -355,13 +562,22 @@ def to_markdown(results: dict[str, Any], command: str) -> str:
         "- GFLOP/s = 2*N*K*D / median time for every method (the flops of one distance search), so the",
         "  training rows show how far a full step is from one search. `/ GEMM` divides by the GEMM rate",
         "  measured just before that entry (same load conditions); the best GEMM of the run is above.",
+        "- FAISS: `faiss.IndexFlatL2(D)` with the codebook added (not timed), `index.search(x, 1)` timed, with",
+        "  `faiss.omp_set_num_threads` set to torch's thread count. `FAISS time / time` > 1 means faster than FAISS.",
         "- speedup vs vqp: vqp_eval time / method time for searches, vqp_train time / method time for steps.",
-        "- Peak extra memory: one fresh Python process per (method, entry) with glibc's mmap threshold pinned",
-        "  at 64 KiB (`MALLOC_MMAP_THRESHOLD_=65536`, so every large buffer is mapped on allocation and",
+        "- ids vs reference: each search's ids against the torch reference (addmm distance matrix + argmin, in",
+        "  row chunks of at most 256 MiB). Where they differ, the float64 distances of both chosen codes are",
+        "  compared: a gap at the level of fp32 rounding of ||x||^2 + ||c||^2 is a near tie that the two",
+        "  computation orders round differently, not a wrong answer.",
+        "- Timed calls: `repeats` after one warm-up call; a method whose warm-up call exceeds",
+        f"  {results['config']['budget_s']:.0f} s / repeats gets fewer (at least 3).",
+        "- Peak extra memory (vqstudy, faiss; addmm on CUDA; the cdist/vqp baselines hold the (N, K) matrix and",
+        "  are not probed, to keep the run short). CPU: one fresh Python process per (method, entry) with glibc's mmap threshold",
+        "  pinned at 64 KiB (`MALLOC_MMAP_THRESHOLD_=65536`, so every large buffer is mapped on allocation and",
         "  unmapped on free). After one warm-up call the kernel's peak-RSS mark is reset",
         "  (`echo 5 > /proc/self/clear_refs`), VmRSS is read, one search runs, and VmHWM - VmRSS is",
-        "  reported: memory touched beyond the inputs and the module, outputs included. tracemalloc and",
-        "  torch.cuda statistics cannot see torch's CPU allocations.",
+        "  reported: memory touched beyond the inputs and the module, outputs included. On CUDA: the peak of",
+        "  torch.cuda.max_memory_allocated above the memory allocated before the call.",
         "- Training steps: vqp with kmeans_init=True, threshold_ema_dead_code=2, its k-means runs in the",
         "  warm-up step; vqstudy Quantizer with its default config, warm-up steps until its k-means init",
         "  has run. The timed steps are forward + backward (+ EMA and reset bookkeeping inside forward).",
@@ -372,9 +588,10 @@ def to_markdown(results: dict[str, Any], command: str) -> str:
 
 
 def write_results(results: dict[str, Any], out_dir: Path, command: str) -> tuple[Path, Path]:
-    """Write bench_nearest.md and bench_nearest.json into out_dir."""
+    """Write bench_nearest.md/json (bench_nearest_cuda.md/json for a CUDA run) into out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    md, js = out_dir / "bench_nearest.md", out_dir / "bench_nearest.json"
+    stem = "bench_nearest_cuda" if results["config"]["device"] == "cuda" else "bench_nearest"
+    md, js = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
     md.write_text(to_markdown(results, command))
     js.write_text(json.dumps({"command": command, **results}, indent=2) + "\n")
     return md, js
@@ -391,9 +608,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess probes")
     parser.add_argument("--max-baseline-gb", type=float, default=2.0,
                         help="skip cdist/vqp where the (N, K) fp32 matrix exceeds this many GiB")  # fmt: skip
-    parser.add_argument("--methods", nargs="+", default=list(SEARCH_METHODS + TRAIN_METHODS),
-                        choices=list(SEARCH_METHODS + TRAIN_METHODS), help="methods to run")  # fmt: skip
+    parser.add_argument("--methods", nargs="+", default=None, choices=list(ALL_METHODS),
+                        help="methods to run (default: every method of the device)")  # fmt: skip
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cpu (default) or cuda: Triton kernel vs addmm, cdist and vqp; writes bench_nearest_cuda.*")  # fmt: skip
     args = parser.parse_args(argv)
+    default_methods = CUDA_SEARCH_METHODS if args.device == "cuda" else SEARCH_METHODS + TRAIN_METHODS
     grid = QUICK_GRID if args.quick else GRID
     if args.grid:
         try:
@@ -407,7 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         gemm_size=512 if args.quick else 2048,
         max_baseline_bytes=int(args.max_baseline_gb * 2**30),
         memory=not args.no_memory,
-        methods=tuple(args.methods),
+        methods=tuple(args.methods or default_methods),
+        device=args.device,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     results = run_bench(cfg)

@@ -1,15 +1,18 @@
-"""Nearest-code search: `nearest_code(x, codebook)` with a torch reference, a blocked CPU path and a
-fused Triton kernel.
+"""Nearest-code search: `nearest_code(x, codebook)` with a torch reference, a fused C++ CPU kernel, a blocked
+pure-torch path and a fused Triton kernel.
 
 Backends:
 - "torch":   full (N, K) distance matrix + argmin; the reference and test oracle.
-- "blocked": rows in blocks with a bounded scratch buffer (vqstudy.kernels.blocked); any device.
+- "compiled": fused C++ kernel for the CPU, compiled on first use and cached (vqstudy.kernels.compiled); fp32.
+- "blocked": rows in blocks with a bounded scratch buffer (vqstudy.kernels.blocked); any device. The fallback
+             for CPU search when no C++ compiler is present.
 - "triton":  fused kernel, running min/argmin over codebook tiles (vqstudy.kernels.triton_kernel);
              CUDA, or CPU under TRITON_INTERPRET=1.
-- "auto":    triton for CUDA inputs when triton imports; otherwise blocked when N*K is large, torch when
-             small. The environment variable VQSTUDY_NEAREST_BACKEND replaces "auto" (an explicit
-             backend argument wins over it).
-All backends return the exact squared distance ||x - c||^2 of the code they chose.
+- "auto":    triton for CUDA inputs when triton imports; compiled for CPU inputs of at most 32-bit floats when
+             the kernel builds; otherwise blocked when N*K is large, torch when small. The environment variable
+             VQSTUDY_NEAREST_BACKEND replaces "auto" (an explicit backend argument wins over it).
+All backends return the squared distance ||x - c||^2 of the code they chose, computed from the difference,
+and the same ids: ties go to the lowest code index.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from typing import Any, NamedTuple
 import torch
 
 from vqstudy.kernels.blocked import BlockedPlan, blocked_plan, nearest_code_blocked
+from vqstudy.kernels.compiled import compiled_available, nearest_code_compiled
 from vqstudy.kernels.reference import exact_sqdist, nearest_code_torch
 from vqstudy.kernels.triton_kernel import interpreter_enabled, nearest_code_triton, triton_available
 
-BACKENDS = ("auto", "torch", "blocked", "triton")
+BACKENDS = ("auto", "torch", "compiled", "blocked", "triton")
 """Accepted values of `backend` (and of VQSTUDY_NEAREST_BACKEND)."""
 ENV_VAR = "VQSTUDY_NEAREST_BACKEND"
 SMALL_PROBLEM = 1 << 18
@@ -40,8 +44,11 @@ class NearestCode(NamedTuple):
 
 
 def available_backends() -> list[str]:
-    """Backends that can run in this process ("triton" needs triton plus CUDA or TRITON_INTERPRET=1)."""
+    """Backends that can run in this process ("compiled" needs a C++ compiler, "triton" needs triton plus CUDA
+    or TRITON_INTERPRET=1)."""
     names = ["torch", "blocked"]
+    if compiled_available():
+        names.append("compiled")
     if triton_available() and (torch.cuda.is_available() or interpreter_enabled()):
         names.append("triton")
     return names
@@ -82,6 +89,8 @@ def resolve_backend(backend: str, x: torch.Tensor, codebook: torch.Tensor) -> st
         return backend
     if x.device.type == "cuda" and triton_available():
         return "triton"
+    if x.device.type == "cpu" and x.dtype != torch.float64 and codebook.dtype != torch.float64 and compiled_available():
+        return "compiled"
     return "torch" if x.shape[0] * codebook.shape[0] <= SMALL_PROBLEM else "blocked"
 
 
@@ -90,9 +99,11 @@ def nearest_code(
 ) -> NearestCode:
     """Nearest code (squared euclidean) for each row of x (N, D) in codebook (K, D).
 
-    Returns NearestCode(indices (N,) int64, sqdist (N,) float32). Not differentiable (a search).
-    Computes in float32 (float64 inputs stay float64 on the torch/blocked backends). `allow_tf32`
-    lets the Triton kernel use TF32 dot products; other backends ignore it.
+    Returns NearestCode(indices (N,) int64, sqdist (N,) float32). Not differentiable (a search). Ties go to
+    the lowest code index. float16/bfloat16 inputs are accepted and computed in float32 (the ids are those of
+    the float32 search on the upcast values); float64 inputs stay float64 on the torch/blocked backends (auto
+    picks one of those for them). `allow_tf32` lets the Triton kernel use TF32 dot products; other backends
+    ignore it.
     """
     _validate(x, codebook)
     name = resolve_backend(backend, x, codebook)
@@ -104,6 +115,8 @@ def nearest_code(
             return NearestCode(empty, torch.empty(0, dtype=torch.float32, device=x.device))
         if name == "torch":
             indices, sqdist = nearest_code_torch(x, codebook)
+        elif name == "compiled":
+            indices, sqdist = nearest_code_compiled(x, codebook)
         elif name == "blocked":
             indices, sqdist = nearest_code_blocked(x, codebook)
         else:
@@ -118,6 +131,7 @@ __all__ = [
     "NearestCode",
     "available_backends",
     "blocked_plan",
+    "compiled_available",
     "exact_sqdist",
     "nearest_code",
     "resolve_backend",
