@@ -190,8 +190,8 @@ def make_demonstrations(
     on_task: Callable[[TaskShard], None] | None = None,
 ) -> DemoSummary:
     """Record `episodes` scripted-expert episodes per task into the LeRobot v3.0 dataset `out`
-    (resuming a matching interrupted run). `workers` > 1 records tasks in that many processes (the
-    bytes do not change). `on_episode(task, e)` and `on_task(shard)` report progress; with workers,
+    (resuming a matching interrupted run). `workers` > 1 records tasks in that many spawned processes
+    (the bytes do not change; a calling script needs the `if __name__ == "__main__":` guard). `on_episode(task, e)` and `on_task(shard)` report progress; with workers,
     a task's episodes are reported when the task is done."""
     import_metaworld()
     import pyarrow.parquet as pq
