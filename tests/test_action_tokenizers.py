@@ -127,11 +127,17 @@ def test_bins_ids_are_ordered_like_values():
     assert torch.all(ids[1:] >= ids[:-1])
 
 
-def test_fsq_ids_cover_the_grid():
+def test_fsq_ids_cover_the_grid_and_round_trip():
     tok = FSQTokenizer(FSQTokenizerConfig(horizon=H, action_dim=A, num_tokens=2, levels=(8, 5, 5, 5), latent_dim=8))
     ids = tok.encode(torch.randn(512, H, A))
     assert tok.vocab_size == 1000 and ids.min() >= 0 and ids.max() < 1000
-    assert tok.code_vectors()[0].shape == (1000, 8)
+    every = torch.arange(1000)
+    grid = tok.fsq._indices_to_codes(every)  # (1000, 4) FSQ grid points, before the output projection
+    assert grid.unique(dim=0).shape[0] == 1000  # 1000 distinct points: the ids cover the 8 x 5 x 5 x 5 grid
+    assert torch.equal(tok.fsq.codes_to_indices(grid).long(), every)  # and every id round-trips
+    vectors = tok.code_vectors()[0]
+    assert vectors.shape == (1000, 8)
+    torch.testing.assert_close(tok.decode(every.reshape(500, 2)), tok.decoder(vectors.reshape(500, 2, 8)))
 
 
 def test_bad_inputs_name_the_problem():

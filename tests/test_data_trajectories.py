@@ -446,3 +446,19 @@ def test_real_robosuite_demos_have_3723_steps_without_wipe(tmp_path):
     with_wipe = load_episodes(TrajectoryDataConfig(source="robosuite", paths=[str(p) for p in paths], include_wipe=True))
     assert sum(len(e) for e in with_wipe.episodes) == sum(rs.ROBOSUITE_DEMO_STEPS.values()) == 3897
     assert all(e.obs["states"].shape[0] == len(e) for e in episodes)
+
+
+def test_two_arm_actions_get_both_grippers_or_a_warning_naming_the_other():
+    """14-D two-arm actions (two 7-D arms, each with its own -1/+1 gripper at 6 and 13)."""
+    g = np.random.default_rng(0)
+    x = g.normal(size=(400, 14)).astype(np.float32)
+    x[:, 6] = g.choice([-1.0, 1.0], size=400)
+    x[:, 13] = g.choice([-1.0, 1.0], size=400)
+    inferred = QuantileNormalizer().fit(x)
+    assert np.flatnonzero(inferred.gripper_mask).tolist() == [6, 13]
+    normalized = inferred.normalize(torch.as_tensor(x))
+    assert set(normalized[:, 13].unique().tolist()) == {-1.0, 1.0}  # kept binary, not rescaled
+    with pytest.warns(UserWarning, match=r"action dims \[13\] take only two values"):
+        QuantileNormalizer().fit(x, gripper_dims=[6])
+    with pytest.raises(ValueError, match=r"gripper_dims \(\[6, 14\]\) has \[14\] out of range"):
+        QuantileNormalizer().fit(x, gripper_dims=[6, 14])

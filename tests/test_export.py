@@ -223,3 +223,27 @@ def test_action_space_seriation_orders_decoded_actions_and_survives_reload(tmp_p
     assert torch.equal(ActionTokenizer.from_pretrained(tmp_path).order, tok.order)
     with pytest.raises(ValueError, match="seriate_action"):
         trained("vq", order="sorted")
+
+
+def test_float_order_is_refused_not_truncated():
+    tok = make("vq")
+    k = tok.vocab_size
+    with pytest.raises(ValueError, match="integer"):
+        ActionTokenizer(tok, order=torch.arange(k, dtype=torch.float32) + 0.4)  # .long() would make it a valid permutation
+
+
+def test_save_pretrained_writes_atomically(tmp_path, monkeypatch):
+    """A save interrupted while writing the weights leaves the previous save whole and readable."""
+    tok = trained("vq")
+    out = tok.save_pretrained(tmp_path / "tok")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    import safetensors.torch
+
+    def torn(tensors, *args, **kwargs):
+        raise KeyboardInterrupt("interrupted while serializing")
+
+    monkeypatch.setattr(safetensors.torch, "save", torn)
+    with pytest.raises(KeyboardInterrupt):
+        trained("vq").save_pretrained(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no partial or temporary file left
+    ActionTokenizer.from_pretrained(out)

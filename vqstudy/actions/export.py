@@ -33,7 +33,7 @@ from vqstudy.actions.ordering import check_order, codebook_order, inverse_order
 from vqstudy.actions.registry import TOKENIZER_KINDS, build_tokenizer
 from vqstudy.actions.tokenizers import ChunkTokenizer
 from vqstudy.config import to_dict
-from vqstudy.files import sha256_file
+from vqstudy.files import sha256_file, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,10 @@ class ActionTokenizer(nn.Module):
                 raise ValueError(f"order ({order!r}) must be a tensor, one of {sorted(spaces)}, or None")
             order = codebook_order(tokenizer, space=spaces[order])
         if order is not None:
-            order = torch.as_tensor(order).long().cpu()
+            order = torch.as_tensor(order)
+            if order.is_floating_point() or order.is_complex() or order.dtype == torch.bool:
+                raise ValueError(f"order must be an integer (K,) permutation, got dtype {order.dtype}")
+            order = order.long().cpu()
             check_order(order, tokenizer)
         self.register_buffer("order", order)  # (K,) order[ordered id] = native code, or None
         self.register_buffer("rank", inverse_order(order) if order is not None else None)
@@ -173,8 +176,9 @@ class ActionTokenizer(nn.Module):
 
     # --- save / load -------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write `tokenizer_config.json` + `model.safetensors` into `directory`; returns it."""
-        from safetensors.torch import save_file
+        """Write `model.safetensors`, then `tokenizer_config.json` (holding its sha256) into `directory`, each
+        atomically (a reader sees a whole file or none; an interrupted save never leaves a torn file); returns it."""
+        from safetensors.torch import save
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
@@ -185,7 +189,7 @@ class ActionTokenizer(nn.Module):
         if self.order is not None:
             tensors["order"] = self.order.clone()
         weights = out / WEIGHTS_FILE
-        save_file(tensors, str(weights))
+        write_atomic(weights, save(tensors))
         meta = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -199,7 +203,7 @@ class ActionTokenizer(nn.Module):
             "weights_file": WEIGHTS_FILE,
             "weights_sha256": sha256_file(weights),
         }
-        (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_atomic(out / CONFIG_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
         logger.info("saved %s tokenizer (%d ids x %d tokens) to %s", self.tokenizer.kind, self.vocab_size,
                     self.num_tokens, out)
         return out

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -155,7 +156,7 @@ def run_grid(cfg: BottleneckConfig, episodes: Sequence[Episode] | None = None) -
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     data = build_bc_data(cfg.data, cfg.state_keys, cfg.drop_sim_time, episodes, cfg.segment_steps)
-    grippers = [d for d in cfg.data.gripper_dims if d < data.action_dim]
+    grippers = np.flatnonzero(data.normalizer.gripper_mask).tolist()
     gripper_dim = grippers[0] if grippers else None
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="vqstudy-bottleneck-") as tmp:

@@ -9,6 +9,8 @@ q01 == q99 maps to 0 and back to that constant, without dividing by zero.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import logging
+import warnings
 from typing import TypeVar
 
 import numpy as np
@@ -16,7 +18,41 @@ import torch
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
+logger = logging.getLogger(__name__)
+
 STATE_KEYS = ("q_low", "q_high", "gripper_mask", "quantiles")
+
+
+def binary_dims(actions: np.ndarray) -> list[int]:
+    """Dimensions of `actions` (N, A) that take at most two distinct values (gripper open/close commands)."""
+    return [d for d in range(actions.shape[1]) if np.unique(actions[:, d]).size <= 2]
+
+
+def gripper_layout(actions: np.ndarray, gripper_dims: Sequence[int] | None) -> list[int]:
+    """The gripper dimensions of training actions (N, A): `gripper_dims` checked against the data, or inferred.
+
+    Inferred (None): every binary dimension, so a two-arm 14-D file gets both grippers (6 and 13). Declared:
+    each must lie in [0, A) (ValueError naming it); a declared dimension that is not binary, or a binary one
+    that is not declared (it would be rescaled like a continuous joint), gets a warning naming the dimensions."""
+    dim = actions.shape[1]
+    binary = binary_dims(actions)
+    if gripper_dims is None:
+        if binary:
+            logger.info("gripper dims inferred from the data (binary dimensions): %s", binary)
+        return binary
+    dims = [int(d) for d in gripper_dims]
+    bad = [d for d in dims if not 0 <= d < dim]
+    if bad:
+        raise ValueError(f"gripper_dims ({dims}) has {bad} out of range for action_dim {dim}; expected dims in [0, {dim})")
+    not_binary = [d for d in dims if d not in binary]
+    undeclared = [d for d in binary if d not in dims]
+    if not_binary:
+        warnings.warn(f"gripper_dims {not_binary} take more than two values in the data (action_dim {dim}); "
+                      "they are still mapped to -1/+1 by sign", stacklevel=3)
+    if undeclared:
+        warnings.warn(f"action dims {undeclared} take only two values (a gripper, e.g. of a second arm?) but are not "
+                      f"in gripper_dims {dims}; they are rescaled like continuous joints", stacklevel=3)
+    return dims
 
 
 class QuantileNormalizer:
@@ -40,8 +76,11 @@ class QuantileNormalizer:
         self._check_fitted()
         return int(self.q_low.shape[0])
 
-    def fit(self, actions: np.ndarray | torch.Tensor, gripper_dims: Sequence[int] = (6,)) -> QuantileNormalizer:
-        """Set the per-dimension quantiles from training actions `(N, A)`; return self."""
+    def fit(self, actions: np.ndarray | torch.Tensor, gripper_dims: Sequence[int] | None = None) -> QuantileNormalizer:
+        """Set the per-dimension quantiles from training actions `(N, A)`; return self.
+
+        `gripper_dims`: the binary gripper dimensions (kept as -1/+1); None infers them from the data
+        (`gripper_layout`), which also warns, naming the dimensions, when declared ones do not fit the data."""
         x = actions.detach().cpu().numpy() if isinstance(actions, torch.Tensor) else np.asarray(actions)
         if x.ndim != 2 or x.shape[0] == 0:
             raise ValueError(f"actions must be (N, A) with N >= 1, got shape {x.shape}")
@@ -49,10 +88,7 @@ class QuantileNormalizer:
             raise ValueError(f"actions contain {int((~np.isfinite(x)).sum())} non-finite values")
         dim = x.shape[1]
         mask = np.zeros(dim, dtype=bool)
-        for d in gripper_dims:
-            if not -dim <= d < dim:
-                raise ValueError(f"gripper_dims ({tuple(gripper_dims)}) out of range for action_dim {dim}")
-            mask[d] = True
+        mask[gripper_layout(x, gripper_dims)] = True
         q = np.quantile(x.astype(np.float64), self.quantiles, axis=0)  # (2, A)
         self.q_low, self.q_high = q[0].astype(np.float32), q[1].astype(np.float32)
         self.gripper_mask = mask

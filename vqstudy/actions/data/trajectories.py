@@ -63,8 +63,9 @@ class TrajectoryDataConfig:
     """robosuite only: also use the wipe demo (6-D actions, padded with a constant -1 gripper)."""
     on_error: Literal["raise", "skip"] = "raise"
     """Bad episode (missing key, wrong rank, NaN, shorter than horizon): raise, or skip, count and log."""
-    gripper_dims: list[int] = field(default_factory=lambda: [6])
-    """Action dims that are binary grippers (kept as -1/+1, not rescaled)."""
+    gripper_dims: list[int] | None = None
+    """Action dims that are binary grippers (kept as -1/+1, not rescaled); None: inferred per arm from the training
+    actions (every binary dimension: 6 for one 7-D arm, 6 and 13 for two); declared dims are checked against the data."""
     obs_keys: list[str] | None = None
     """Observations to load; None: every low-dim one (hdf5 obs/* and states, LeRobot state columns)."""
     cache_dir: str | None = None
@@ -87,7 +88,7 @@ class TrajectoryDataConfig:
             raise ValueError(f"val_fraction ({self.val_fraction}) must be in [0, 1)")
         if self.on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"on_error ({self.on_error!r}) must be one of {ON_ERROR_CHOICES}")
-        if any(not isinstance(d, int) or d < 0 for d in self.gripper_dims):
+        if self.gripper_dims is not None and any(not isinstance(d, int) or d < 0 for d in self.gripper_dims):
             raise ValueError(f"gripper_dims ({self.gripper_dims}) must be non-negative ints")
         if self.include_wipe and self.source != "robosuite":
             raise ValueError(f"include_wipe ({self.include_wipe}) is for source 'robosuite', not {self.source!r}")
@@ -225,8 +226,6 @@ def build_trajectory_datasets(cfg: TrajectoryDataConfig, episodes: list[Episode]
             f"no training episode has >= {cfg.horizon} steps after the {cfg.resolved_split} split"
         )
     actions = np.concatenate([e.actions for e in train])  # (N, A)
-    if max(cfg.gripper_dims, default=-1) >= actions.shape[1]:
-        raise ValueError(f"gripper_dims ({cfg.gripper_dims}) out of range for action_dim {actions.shape[1]}")
     normalizer = QuantileNormalizer().fit(actions, gripper_dims=cfg.gripper_dims)
     return TrajectoryData(
         ChunkDataset(train, cfg.horizon, cfg.stride, normalizer),
