@@ -18,7 +18,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from vqstudy.actions.defaults import CODEBOOK_SIZE
 from vqstudy.actions.tokenizers import (
+    ChunkConfig,
+    ChunkMLPConfig,
     ChunkDecoder,
     ChunkEncoder,
     ChunkTokenizer,
@@ -42,14 +45,10 @@ def _vqp():
 
 
 @dataclass
-class UniformBinConfig:
+class UniformBinConfig(ChunkConfig):
     """Per-dimension uniform bins over [low, high]; values outside are clipped to the end bins."""
 
-    horizon: int = 8
-    """H, steps per chunk."""
-    action_dim: int = 7
-    """A, action dimensions."""
-    num_bins: int = 256
+    num_bins: int = CODEBOOK_SIZE
     """Bins per dimension (OpenVLA: 256, i.e. 8 bits per token)."""
     low: float = -1.0
     """Lower edge of the first bin (normalized units)."""
@@ -111,21 +110,13 @@ class UniformBinTokenizer(ChunkTokenizer):
 
 
 @dataclass
-class FSQTokenizerConfig:
+class FSQTokenizerConfig(ChunkMLPConfig):
     """MLP encoder -> L latent tokens -> FSQ (K = prod(levels) ids) -> MLP decoder."""
 
-    horizon: int = 8
-    """H, steps per chunk."""
-    action_dim: int = 7
-    """A, action dimensions."""
     num_tokens: int = 4
     """L, tokens per chunk."""
     levels: tuple[int, ...] = (8, 5, 5, 5)
     """FSQ levels per code dimension; K = prod(levels) (8,5,5,5 -> 1000 ids, ~10 bits)."""
-    latent_dim: int = 16
-    """Width of each latent token (FSQ projects it to len(levels) and back)."""
-    hidden: int = 128
-    """Hidden width of the encoder and decoder."""
 
     def __post_init__(self) -> None:
         check_int("FSQTokenizerConfig", self, ("horizon", "action_dim", "num_tokens", "latent_dim", "hidden"))
@@ -184,26 +175,18 @@ class FSQTokenizer(ChunkTokenizer):
 
 
 @dataclass
-class ResidualVQTokenizerConfig:
+class ResidualVQTokenizerConfig(ChunkMLPConfig):
     """MLP encoder -> L latent tokens -> Q-level residual VQ (shared id range [0, K)) -> MLP decoder.
 
     Tokens per chunk = num_tokens x num_quantizers.
     """
 
-    horizon: int = 8
-    """H, steps per chunk."""
-    action_dim: int = 7
-    """A, action dimensions."""
     num_tokens: int = 2
     """Latent tokens per chunk (each gives num_quantizers ids)."""
     num_quantizers: int = 2
     """Q, residual levels."""
-    codebook_size: int = 256
+    codebook_size: int = CODEBOOK_SIZE
     """K, codes per residual level."""
-    latent_dim: int = 16
-    """Width of each latent token."""
-    hidden: int = 128
-    """Hidden width of the encoder and decoder."""
     decay: float = 0.99
     """EMA decay of the residual codebooks."""
     commitment_weight: float = 0.25

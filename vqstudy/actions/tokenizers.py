@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from vqstudy.actions.defaults import ACTION_DIM, CODEBOOK_SIZE, HIDDEN, HORIZON, LATENT_DIM
 from vqstudy.quantize import Quantizer, QuantizerConfig, usage_of
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,26 @@ def as_quantizer_config(owner: str, name: str, value: QuantizerConfig | dict, di
     if not isinstance(value, QuantizerConfig):
         raise ValueError(f"{owner}.{name} must be a QuantizerConfig or a dict, got {type(value).__name__}")
     return value.with_dim(dim)
+
+
+@dataclass
+class ChunkConfig:
+    """The chunk shape every tokenizer config starts from."""
+
+    horizon: int = HORIZON
+    """H, steps per chunk."""
+    action_dim: int = ACTION_DIM
+    """A, action dimensions (LIBERO/robosuite: 3 position deltas, 3 rotation deltas, gripper)."""
+
+
+@dataclass
+class ChunkMLPConfig(ChunkConfig):
+    """Chunk shape plus the widths of an encoder -> latent tokens -> decoder tokenizer."""
+
+    latent_dim: int = LATENT_DIM
+    """Width D of each latent token (the quantizer's dim)."""
+    hidden: int = HIDDEN
+    """Hidden width of the encoder and decoder."""
 
 
 class ChunkTokenizer(nn.Module):
@@ -236,22 +257,14 @@ class ChunkDecoder(nn.Module):
 
 
 @dataclass
-class ActionVQConfig:
+class ActionVQConfig(ChunkMLPConfig):
     """Single-level action VQ-VAE: L latent tokens per chunk, each quantized by the shared Quantizer."""
 
-    horizon: int = 8
-    """H, steps per chunk."""
-    action_dim: int = 7
-    """A, action dimensions (LIBERO: 3 position deltas, 3 rotation deltas, gripper)."""
     num_tokens: int = 4
     """L, tokens per chunk."""
-    latent_dim: int = 16
-    """Width D of each latent token (the quantizer's dim)."""
-    hidden: int = 128
-    """Hidden width of the encoder and decoder."""
     encoder: EncoderKind = "mlp"
     """'mlp' over the flattened chunk, or 'conv' (1-D convolutions over time)."""
-    quantizer: QuantizerConfig = field(default_factory=lambda: QuantizerConfig(codebook_size=256))
+    quantizer: QuantizerConfig = field(default_factory=lambda: QuantizerConfig(codebook_size=CODEBOOK_SIZE))
     """Quantizer options; its dim is set to latent_dim."""
 
     def __post_init__(self) -> None:
@@ -317,28 +330,20 @@ class ActionVQVAE(ChunkTokenizer):
 
 
 @dataclass
-class HierarchicalActionVQConfig:
+class HierarchicalActionVQConfig(ChunkMLPConfig):
     """Coarse tokens from a time-downsampled chunk, then fine tokens conditioned on the coarse decode."""
 
-    horizon: int = 8
-    """H, steps per chunk."""
-    action_dim: int = 7
-    """A, action dimensions."""
     coarse_tokens: int = 2
     """L_c, coarse tokens per chunk (first in the id sequence)."""
     fine_tokens: int = 2
     """L_f, fine tokens per chunk (after the coarse ones)."""
     coarse_stride: int = 2
     """The coarse encoder sees the chunk average-pooled over time by this factor (must divide horizon)."""
-    latent_dim: int = 16
-    """Width of each latent token at both levels."""
-    hidden: int = 128
-    """Hidden width of encoders and decoders."""
     coarse_weight: float = 0.5
     """Weight of the coarse-only reconstruction loss (keeps the coarse tokens meaningful alone)."""
-    coarse_quantizer: QuantizerConfig = field(default_factory=lambda: QuantizerConfig(codebook_size=256))
+    coarse_quantizer: QuantizerConfig = field(default_factory=lambda: QuantizerConfig(codebook_size=CODEBOOK_SIZE))
     """Quantizer options of the coarse level; dim is set to latent_dim."""
-    fine_quantizer: QuantizerConfig = field(default_factory=lambda: QuantizerConfig(codebook_size=256))
+    fine_quantizer: QuantizerConfig = field(default_factory=lambda: QuantizerConfig(codebook_size=CODEBOOK_SIZE))
     """Quantizer options of the fine level; dim is set to latent_dim."""
 
     def __post_init__(self) -> None:

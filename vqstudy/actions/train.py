@@ -26,6 +26,7 @@ from torch import Tensor
 from vqstudy.actions.metrics import chunk_bits, evaluate_episodes
 from vqstudy.config import from_dict, load_config, to_dict
 from vqstudy.actions.data.trajectories import TrajectoryData, TrajectoryDataConfig, build_trajectory_datasets
+from vqstudy.actions.defaults import ACTION_DIM
 from vqstudy.actions.export import ActionTokenizer
 from vqstudy.actions.ordering import DEFAULT_ORDER, ORDER_CHOICES
 from vqstudy.actions.registry import TOKENIZER_KINDS, build_tokenizer
@@ -118,7 +119,7 @@ class ActionsConfig:
     """Run name: outputs go to <out_dir>/<name>/."""
     out_dir: str = "runs/actions"
     """Parent folder of the run folder (saved tokenizer, utilization.csv, eval.json)."""
-    data: TrajectoryDataConfig = field(default_factory=lambda: TrajectoryDataConfig(horizon=8))
+    data: TrajectoryDataConfig = field(default_factory=TrajectoryDataConfig)
     """Trajectories (robosuite demos by default); data.horizon is the chunk length H of the tokenizer."""
     tokenizer: str = "vq"
     """Tokenizer kind: 'vq', 'hvq', 'bins', 'fsq' or 'rvq' (vqstudy.actions.export.TOKENIZER_KINDS)."""
@@ -141,7 +142,7 @@ class ActionsConfig:
             raise ValueError(f"ActionsConfig.tokenizer_config.horizon ({horizon}) must equal data.horizon "
                              f"({self.data.horizon}); set data.horizon only")
         tokenizer_config(self.tokenizer, self.tokenizer_config, self.data.horizon,
-                         self.tokenizer_config.get("action_dim", 7), self.train.seed)  # validates the fields
+                         self.tokenizer_config.get("action_dim", ACTION_DIM), self.train.seed)  # validates the fields
 
     @property
     def run_dir(self) -> Path:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from vqstudy.policy.encoders import EncoderSpec
 from vqstudy.policy.heads import HeadConfig
+from vqstudy.actions.defaults import CODEBOOK_SIZE, HIDDEN, LATENT_DIM
 from vqstudy.actions.registry import build_tokenizer
 from vqstudy.actions.tokenizers import ChunkTokenizer
 from vqstudy.quantize import QuantizerConfig
@@ -35,13 +36,13 @@ class TokenizerSpec:
     """'fsq' (OAT-like finite scalar quantization, vqstudy.actions.baselines) or 'vq' (ActionVQVAE)."""
     levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
     """FSQ levels, K = prod(levels): [8,5,5,5] 1000, [8,8,6,5] 1920, [7,5,5,5,5] 4375 (OAT's sizes)."""
-    codebook_size: int = 256
+    codebook_size: int = CODEBOOK_SIZE
     """K of the 'vq' tokenizer."""
     num_tokens: int = 8
     """L, tokens per chunk (OAT: 8 per 32-step chunk)."""
-    latent_dim: int = 16
+    latent_dim: int = LATENT_DIM
     """Width of each latent token."""
-    hidden: int = 128
+    hidden: int = HIDDEN
     """Hidden width of the tokenizer's encoder and decoder."""
     steps: int = 800
     """Adam steps of tokenizer training."""

@@ -20,6 +20,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 from vqstudy.actions.data.chunks import ChunkDataset
+from vqstudy.actions.defaults import HORIZON
 from vqstudy.actions.data.episode import (
     ON_ERROR_CHOICES,
     Episode,
@@ -49,7 +50,7 @@ class TrajectoryDataConfig:
     """Data source: robosuite 1.0.1 demos (fetched), LIBERO hdf5 files, or LeRobot parquet dirs."""
     paths: list[str] = field(default_factory=list)
     """hdf5 files/dirs or LeRobot dataset roots; empty for robosuite means the fetched cache."""
-    horizon: int = 16
+    horizon: int = HORIZON
     """Steps per action chunk (H)."""
     stride: int = 1
     """Steps between the starts of consecutive chunks of an episode."""
