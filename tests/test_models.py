@@ -207,3 +207,44 @@ def test_training_reduces_reconstruction_error(images: torch.Tensor) -> None:
         opt.step()
         losses.append(recon.item())
     assert losses[-1] < 0.7 * losses[0], f"recon MSE {losses[0]:.4f} -> {losses[-1]:.4f}"
+
+
+# -------------------------------------------------------------------- issue 8: wide latents, saved weights
+def test_wide_latent_with_wide_code_dim_builds_from_yaml_and_overrides() -> None:
+    """Issue 8.1: the nested quantizer used to be validated with the default dim (64) before the latent width."""
+    from vqstudy.config import parse_overrides
+    from vqstudy.images.pair import load_pair_config
+
+    single = from_dict(VQVAEConfig, {"latent_dim": 256, "quantizer": {"codebook_dim": 128}})
+    assert (single.quantizer.dim, single.quantizer.codebook_dim) == (256, 128)
+    assert type(single.quantizer) is QuantizerConfig
+    hier = from_dict(HierarchicalVQVAEConfig, {"bottom_latent_dim": 256, "top_latent_dim": 96,
+                                               "bottom": {"codebook_dim": 128}, "top": {"codebook_dim": 96}})
+    assert (hier.bottom.dim, hier.bottom.codebook_dim, hier.top.dim, hier.top.codebook_dim) == (256, 128, 96, 96)
+    pair = load_pair_config(None, parse_overrides(["hierarchical.bottom_latent_dim=256",
+                                                   "hierarchical.bottom.codebook_dim=128"]))
+    assert pair.hierarchical.bottom.codebook_dim == 128
+    model = build_model(from_dict(VQVAEConfig, {"latent_dim": 80, "channels": 8, "n_res_blocks": 0,
+                                                "quantizer": {"codebook_dim": 72, "codebook_size": 4}}))
+    assert model.quantizers["code"].config.lookup_dim == 72
+    with pytest.raises(ValueError, match=r"codebook_dim \(128\) must be in \[1, dim \(64\)\]"):
+        from_dict(VQVAEConfig, {"latent_dim": 64, "quantizer": {"codebook_dim": 128}})
+
+
+@pytest.mark.parametrize("kind", ["vqvae", "hierarchical"])
+def test_saved_model_reloads_exactly(kind: str, images: torch.Tensor, tmp_path) -> None:
+    from vqstudy.images.evaluate import load_model, save_model
+
+    model = build_model(tiny_config(kind))
+    model.train()
+    model(images)  # one EMA step: the codebook state differs from the fresh one
+    model.eval()
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert type(loaded) is type(model) and loaded.config == model.config
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    with torch.no_grad():
+        assert torch.equal(loaded(images).recon, model(images).recon)
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load_model(tmp_path)

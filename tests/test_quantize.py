@@ -193,31 +193,128 @@ def test_bad_indices_and_config_are_refused():
         QuantizerConfig(update="adam")
 
 
-def test_vqp_backend_picks_nearest_codes_like_vqstudy():
+def test_vqp_backend_agrees_with_vqstudy_on_the_same_codebook_and_partition():
+    """Same codebook in both backends -> same ids and outputs; after training each picks its nearest codes."""
+    ours = Quantizer(dim=8, codebook_size=8, kmeans_init=False, dead_code_reset=False).eval()
+    theirs = Quantizer(dim=8, codebook_size=8, backend="vqp", kmeans_init=False, dead_code_reset=False).eval()
+    with torch.no_grad():
+        theirs.vqp.vq._codebook.embed.copy_(ours.codebook[None])  # vqp keeps (heads, K, D)
+    x = 2 * torch.randn(256, 8)
+    with torch.no_grad():
+        a, b = ours(x), theirs(x)
+    assert torch.equal(a.indices, b.indices)
+    torch.testing.assert_close(a.quantized, b.quantized)
+
     x, _ = planted(k=8, n=512)
-    ours = Quantizer(dim=8, codebook_size=8, kmeans_samples=512, dead_code_reset=False)
-    theirs = Quantizer(dim=8, codebook_size=8, backend="vqp", dead_code_reset=False)
-    for q in (ours, theirs):
+    trained = []
+    for backend in ("vqstudy", "vqp"):
+        q = Quantizer(dim=8, codebook_size=8, kmeans_samples=512, dead_code_reset=False, backend=backend)
         q.train()
         q(x)
-        q.eval()
+        trained.append(q.eval())
     x_test = x[:64] + 0.01 * torch.randn(64, 8)
-    for q in (ours, theirs):
-        out = q(x_test)
-        d = torch.cdist(x_test, q.codebook_vectors().detach())
-        assert torch.equal(out.indices, d.argmin(dim=1))
-    # both recover the 8 planted clusters: each cluster maps to its own code
-    assert len(set(ours(x_test).indices.tolist())) == 8
+    with torch.no_grad():
+        for q in trained:  # each backend picks the nearest of its own trained codes
+            d = torch.cdist(x_test, q.codebook_vectors())
+            assert torch.equal(q(x_test).indices, d.argmin(dim=1))
+        assert len(set(trained[0](x_test).indices.tolist())) == 8  # ours recovers the 8 planted clusters
 
 
-def test_no_n_by_k_one_hot_in_the_training_step(monkeypatch):
-    """The EMA sums go through index_add: F.one_hot must never be called."""
-    import torch.nn.functional as F
+def test_no_n_by_k_tensor_in_the_training_step(monkeypatch):
+    """Search, EMA sums (index_add, no one-hot) and resets: no op produces a tensor of N x K elements."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
 
-    def boom(*args, **kwargs):
-        raise AssertionError("one_hot used in the quantizer training step")
+    from vqstudy.kernels import blocked
 
-    monkeypatch.setattr(F, "one_hot", boom)
-    q = Quantizer(dim=8, codebook_size=64, kmeans_samples=64, reset_every=1)
-    for _ in range(3):
-        q(torch.randn(128, 8))
+    class LargestOutput(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            sizes = [t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+            self.largest = max([self.largest, *sizes])
+            return out
+
+    monkeypatch.setattr(blocked, "TARGET_BUFFER_BYTES", 64 * 1024)
+    n, k = 512, 256
+    q = Quantizer(dim=8, codebook_size=k, kmeans_samples=n, reset_every=1, dead_code_threshold=0.9,
+                  search_backend="blocked")
+    x = torch.randn(n, 8, requires_grad=True)
+    q(x)  # k-means init
+    assert bool(q.initialized)
+    with LargestOutput() as spy:
+        resets = 0
+        for _ in range(2):
+            out = q(x)
+            (out.loss + out.quantized.sum()).backward()
+            resets += int(out.stats.resets)
+    assert resets > 0, "the spied steps must include a dead-code reset"
+    assert 0 < spy.largest < n * k // 4
+
+
+# ---------------------------------------------------------------------- collapse fixes: rotation trick, SimVQ
+def test_rotation_trick_gradient_is_the_hand_computed_rotation_and_rescale():
+    """z = (1, 0) is quantized to q = (0, 2): R is the +90 degree rotation, lambda = 2, so dL/dz = (lambda R)^T dL/dq."""
+    q = Quantizer(dim=2, codebook_size=2, kmeans_init=False, dead_code_reset=False, rotation_trick=True).eval()
+    q.codebook.copy_(torch.tensor([[0.0, 2.0], [5.0, 5.0]]))
+    lam_r = torch.tensor([[0.0, -2.0], [2.0, 0.0]])  # lambda R, worked by hand from I - 2 r r^T + 2 w u^T
+    for g in (torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.3, -0.7])):
+        z = torch.tensor([[1.0, 0.0]], requires_grad=True)
+        out = q(z)
+        assert torch.equal(out.quantized.detach(), torch.tensor([[0.0, 2.0]]))  # the value is exactly the code
+        out.quantized.backward(g[None])
+        torch.testing.assert_close(z.grad[0], lam_r.T @ g)
+    z = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    Quantizer(dim=2, codebook_size=2, kmeans_init=False, dead_code_reset=False).eval()(z).quantized.sum().backward()
+    assert torch.equal(z.grad, torch.ones(1, 2))  # the straight-through default passes g unchanged
+
+
+def test_rotation_trick_gradient_preserves_norm_ratio_and_angle_in_higher_dims():
+    from vqstudy.quantize.quantizer import rotate_and_rescale
+
+    g = torch.Generator().manual_seed(0)
+    z, qv, grad = (torch.randn(5, 8, generator=g) for _ in range(3))
+    z.requires_grad_(True)
+    t = rotate_and_rescale(z, qv)
+    torch.testing.assert_close(t, qv, rtol=1e-5, atol=1e-5)  # lambda R z = q
+    t.backward(grad)
+    lam = qv.norm(dim=1) / z.detach().norm(dim=1)
+    torch.testing.assert_close(z.grad.norm(dim=1), lam * grad.norm(dim=1), rtol=1e-5, atol=1e-5)  # R is orthogonal
+    # R^T maps q/|q| back to z/|z|, so the gradient's component along z equals g's component along q, rescaled
+    along_z = (z.grad * z.detach()).sum(1) / z.detach().norm(dim=1)
+    along_q = (grad * qv).sum(1) / qv.norm(dim=1)
+    torch.testing.assert_close(along_z, lam * along_q, rtol=1e-4, atol=1e-4)
+
+
+def test_simvq_trains_the_linear_map_not_the_frozen_codebook_and_moves_every_code():
+    torch.manual_seed(0)
+    q = Quantizer(dim=4, codebook_size=8, simvq=True, update="grad", kmeans_init=False, dead_code_reset=False)
+    frozen = q.codebook.clone()
+    assert "codebook" not in dict(q.named_parameters()) and "codebook_transform.weight" in dict(q.named_parameters())
+    before = q.codebook_vectors().detach().clone()
+    opt = torch.optim.SGD(q.parameters(), lr=0.1)
+    x = torch.randn(64, 4) * 0.1 + 3.0  # far from the codes: only one or two codes are ever chosen
+    used = set()
+    for _ in range(5):
+        out = q(x)
+        used |= set(out.indices.unique().tolist())
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    assert torch.equal(q.codebook, frozen)  # C never changes
+    w = q.codebook_transform.weight.detach()
+    assert not torch.equal(w, torch.eye(4))  # W does
+    after = q.codebook_vectors().detach()
+    assert len(used) < 8
+    moved = (after - before).norm(dim=1)
+    assert (moved > 1e-4).all()  # every code moved, used or not: they move together through W
+    torch.testing.assert_close(after, frozen @ w.T)  # codes = C W
+
+
+def test_simvq_and_rotation_trick_configs_are_validated():
+    with pytest.raises(ValueError, match=r"simvq \(True\) .* update='grad' \(got 'ema'\)"):
+        QuantizerConfig(simvq=True)
+    QuantizerConfig(simvq=True, update="grad", kmeans_init=False, dead_code_reset=False)
+    with pytest.raises(ValueError, match="backend='vqstudy'"):
+        QuantizerConfig(rotation_trick=True, backend="vqp")

@@ -6,6 +6,7 @@ Config merge order for every subcommand that takes one: dataclass defaults <- YA
 
     vqstudy pair --config configs/pair_default.yaml [--set train.max_steps=50] [--out runs]
     vqstudy plot RUN_DIR
+    vqstudy eval RUN_DIR [--config FILE] [--set data.source=imagefolder --set data.root=DIR] [--out DIR]
     vqstudy actions train|eval|sweep --config configs/actions_vq.yaml [--set k=v] [--checkpoint DIR]
     vqstudy export --checkpoint DIR --out DIR [--id-mode last_n --lm-vocab-size 32000] [--order keep]
     vqstudy bottleneck --config configs/bottleneck_default.yaml
@@ -107,6 +108,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vqstudy.images.pair import eval_output_dir, load_eval_config, run_eval, summary_rows
+
+    cfg = load_eval_config(args.run_dir, args.config, parse_overrides(args.set))
+    out = eval_output_dir(args.run_dir, args.out, cfg)
+    results = run_eval(args.run_dir, cfg, out, command=_command_line(args.argv))
+    print_table(f"{args.run_dir} evaluated on {cfg.data.source} {cfg.data.root or ''}", summary_rows(results))
+    print(f"wrote {out}/")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from vqstudy.bench import main as bench_main
 
@@ -203,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the figures (default: the run directory; runs/plots/NAME for a "
                    "committed reference under results/)")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("eval", help="evaluate the models of a `vqstudy pair` run on any image source")
+    p.add_argument("run_dir", help="a run directory written by `vqstudy pair` (holds <model>/model.safetensors)")
+    _add_config_args(p, "data.source=imagefolder --set data.root=DIR")
+    p.add_argument("--out", help="parent folder of the output folder (default runs/eval; never the run directory)")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="nearest-code search benchmark (see scripts/bench_nearest.py)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

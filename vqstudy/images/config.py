@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal, NamedTuple, get_args
 
 from vqstudy.quantize import QuantizerConfig
+from vqstudy.quantize.config import LevelQuantizerConfig
 
 OutputActivation = Literal["sigmoid", "identity"]
 
@@ -40,8 +41,11 @@ def _check_positive(owner: str, obj: object, names: tuple[str, ...]) -> None:
 
 def _fill_dim(owner: str, name: str, quantizer: QuantizerConfig | dict, dim: int) -> QuantizerConfig:
     """`quantizer` with `dim` set to the level's latent width (accepts a plain dict from YAML/JSON)."""
-    if isinstance(quantizer, dict):
-        quantizer = QuantizerConfig(**{**quantizer, "dim": dim})
+    try:
+        if isinstance(quantizer, dict):
+            quantizer = LevelQuantizerConfig(**quantizer)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{owner}.{name}: {err}") from err
     if not isinstance(quantizer, QuantizerConfig):
         raise ValueError(f"{owner}.{name} ({quantizer!r}) must be a QuantizerConfig or a dict of its fields")
     try:
@@ -83,7 +87,7 @@ class VQVAEConfig(_ImageModelConfig):
     """Downsampling factor f (a power of two) from the image to the code grid, via stride-2 convs."""
     latent_dim: int = 64
     """Width of the encoder output fed to the quantizer (the quantizer's dim)."""
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    quantizer: LevelQuantizerConfig = field(default_factory=LevelQuantizerConfig)
     """Quantizer of the code grid; its dim is replaced by latent_dim."""
 
     def __post_init__(self) -> None:
@@ -111,9 +115,9 @@ class HierarchicalVQVAEConfig(_ImageModelConfig):
     """Width of the bottom codes (the bottom quantizer's dim)."""
     top_latent_dim: int = 64
     """Width of the top codes (the top quantizer's dim)."""
-    top: QuantizerConfig = field(default_factory=QuantizerConfig)
+    top: LevelQuantizerConfig = field(default_factory=LevelQuantizerConfig)
     """Quantizer of the top grid; its dim is replaced by top_latent_dim."""
-    bottom: QuantizerConfig = field(default_factory=QuantizerConfig)
+    bottom: LevelQuantizerConfig = field(default_factory=LevelQuantizerConfig)
     """Quantizer of the bottom grid; its dim is replaced by bottom_latent_dim."""
 
     def __post_init__(self) -> None:

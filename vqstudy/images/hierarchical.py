@@ -81,6 +81,10 @@ class HierarchicalVQVAE(nn.Module):
         top, bottom = self._quantize(images)
         return {"top": top.indices, "bottom": bottom.indices}
 
+    def decode_quantized(self, levels: Mapping[str, Tensor]) -> Tensor:
+        """{'top': (B, ht, wt, Dt), 'bottom': (B, hb, wb, Db) quantized vectors} -> (B, C, H, W) images."""
+        return self._decode(levels["top"], levels["bottom"])
+
     def decode_indices(self, indices: Mapping[str, Tensor]) -> Tensor:
         """{'top': (B, ht, wt), 'bottom': (B, hb, wb)} -> (B, C, H, W) images."""
         missing = [name for name in self.level_names if name not in indices]

@@ -43,6 +43,21 @@ def code_dim_variants(dims: list[int]) -> dict[str, dict[str, Any]]:
     return {f"single_cdim{d}": {"models": ["single"], "single_quantizer": {"codebook_dim": d}} for d in dims}
 
 
+def seed_overrides(seed: int) -> dict[str, Any]:
+    """PairConfig overrides that make `seed` vary everything a seed should: model init (train.seed), data order and
+    crops (data.seed), and every quantizer's own random choices (k-means++ seeding, resets, random codebooks)."""
+    return {"train": {"seed": seed}, "data": {"seed": seed},
+            "hierarchical": {"top": {"seed": seed}, "bottom": {"seed": seed}},
+            "single_quantizer": {"seed": seed}}
+
+
+def study_run_config(base_config: str | Path | None, variant: dict[str, Any], seed: int, name: str, out_dir: str | Path,
+                     overrides: dict[str, Any] | None = None):
+    """The PairConfig of one (variant, seed) run: base YAML <- overrides <- variant <- seed <- name/out_dir."""
+    extra = deep_merge(deep_merge(variant, seed_overrides(seed)), {"name": f"{name}_s{seed}", "out_dir": str(out_dir)})
+    return load_pair_config(base_config, deep_merge(overrides or {}, extra))
+
+
 def level_rows(name: str, seed: int, result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for which, res in result["models"].items():
@@ -100,9 +115,7 @@ def run_study(
     t0 = time.perf_counter()
     for name, variant in variants.items():
         for seed in seeds:
-            extra = deep_merge(variant, {"name": f"{name}_s{seed}", "out_dir": str(out_dir / "runs"),
-                                         "train": {"seed": seed}})
-            cfg = load_pair_config(base_config, deep_merge(overrides or {}, extra))
+            cfg = study_run_config(base_config, variant, seed, name, out_dir / "runs", overrides)
             log.info("study: %s seed %d", name, seed)
             rows += level_rows(name, seed, run_pair(cfg, command=f"vqstudy.images.study.run_study: variant {name}, seed {seed}"))
     study = {"base_config": str(base_config), "seeds": seeds, "variants": variants, "overrides": overrides or {},
@@ -183,7 +196,8 @@ def plot_study(study: dict[str, Any], out: Path) -> Path:
     axes[1].set(xlabel="effective bits per code (log2 perplexity)", ylabel="PSNR (dB)")
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="best")
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -80,6 +80,14 @@ def model_levels(model: nn.Module) -> dict[str, int]:
     return {name: spec.quantizer.codebook_size for name, spec in model.config.levels().items()}
 
 
+def level_usage_metrics(model: nn.Module) -> nn.ModuleDict:
+    """One `CodebookUsage` per level, with that level's quantizer `dead_code_threshold`."""
+    return nn.ModuleDict({
+        name: CodebookUsage(spec.quantizer.codebook_size, dead_threshold=spec.quantizer.dead_code_threshold)
+        for name, spec in model.config.levels().items()
+    })
+
+
 class VQLitModule(pl.LightningModule):
     """Trains one image VQ-VAE: MSE reconstruction + quantizer loss; logs codebook and image metrics."""
 
@@ -88,8 +96,8 @@ class VQLitModule(pl.LightningModule):
         self.model = model
         self.cfg = train_cfg
         self.levels = model_levels(model)
-        self.train_usage = nn.ModuleDict({k: CodebookUsage(v) for k, v in self.levels.items()})
-        self.val_usage = nn.ModuleDict({k: CodebookUsage(v) for k, v in self.levels.items()})
+        self.train_usage = level_usage_metrics(model)
+        self.val_usage = level_usage_metrics(model)
         self.recon_metrics = recon_metrics  # ReconstructionMetrics (not a Module: stays out of checkpoints)
         self.last_val: dict[str, float] = {}
 
@@ -186,6 +194,23 @@ class Throughput(pl.Callback):
         return self.images / self.seconds if self.seconds else math.nan
 
 
+def step_description(epoch: int, step: int, max_steps: int) -> str:
+    """Progress-bar text of a step-bounded run, set at each epoch start: 'Epoch 7 (step 1200 of 2000)', never 'Epoch 7/-2'."""
+    return f"Epoch {epoch} (step {step} of {max_steps})"
+
+
+def step_progress_bar() -> pl.Callback:
+    """A rich progress bar whose description counts steps (runs here are bounded by max_steps, not epochs)."""
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    class StepProgressBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            trainer = self.trainer
+            return step_description(current_epoch, trainer.global_step, trainer.max_steps)
+
+    return StepProgressBar()
+
+
 @dataclass
 class FitResult:
     """What `fit_model` returns."""
@@ -208,7 +233,7 @@ def fit_model(
     ckpt_dir: str | Path | None = None,
 ) -> FitResult:
     """Train `model` with Lightning; logs CSV to out_dir/name, checkpoints to ckpt_dir (default out_dir/name/checkpoints)."""
-    from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+    from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
     pl.seed_everything(train_cfg.seed, workers=True, verbose=False)
@@ -228,7 +253,7 @@ def fit_model(
     throughput = Throughput()
     callbacks: list[pl.Callback] = [ckpt, throughput]
     if train_cfg.progress_bar:
-        callbacks.append(RichProgressBar())
+        callbacks.append(step_progress_bar())
     trainer = pl.Trainer(
         max_steps=train_cfg.max_steps,
         max_epochs=-1,

@@ -72,6 +72,10 @@ class VQVAE(nn.Module):
         """Code indices {'code': (B, H/f, W/f)}. Call in eval mode: in train mode the quantizer updates its codebook."""
         return {"code": self._quantize(images).indices}
 
+    def decode_quantized(self, levels: Mapping[str, Tensor]) -> Tensor:
+        """{'code': (B, h, w, D) quantized vectors} -> (B, C, h*f, w*f) images."""
+        return self._decode(levels["code"])
+
     def decode_indices(self, indices: Mapping[str, Tensor] | Tensor) -> Tensor:
         """{'code': (B, h, w)} (or the bare tensor) -> (B, C, h*f, w*f) images."""
         codes = indices if isinstance(indices, Tensor) else indices["code"]

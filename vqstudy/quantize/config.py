@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import asdict, dataclass, replace
+from typing import ClassVar, Literal
 
 from vqstudy.config import check_literal
 
@@ -59,16 +59,38 @@ class QuantizerConfig:
     """Nearest-code search backend (see vqstudy.kernels.nearest_code); env VQSTUDY_NEAREST_BACKEND overrides auto."""
     seed: int = 0
     """Seed of the quantizer's own random choices (k-means++ seeding, reset sampling); shared by all ranks."""
+    rotation_trick: bool = False
+    """Pass gradients through the quantizer by the rotation + rescale that maps z to q instead of the identity (arXiv 2410.06424)."""
+    simvq: bool = False
+    """SimVQ: a frozen random codebook C reparameterized by one learned linear map W, codes = C W, trained by gradient (arXiv 2411.02038)."""
+
+    dim_from_owner: ClassVar[bool] = False
+    """True for configs whose `dim` a model fills in later (see `LevelQuantizerConfig`)."""
 
     def __post_init__(self) -> None:
-        for name in ("dim", "codebook_size", "kmeans_iters", "kmeans_max_steps", "reset_every"):
+        owner = type(self).__name__
+        names = ("dim", "codebook_size", "kmeans_iters", "kmeans_max_steps", "reset_every")
+        for name in names:
             value = getattr(self, name)
+            if name == "dim" and value is None and self.dim_from_owner:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"QuantizerConfig.{name} ({value!r}) must be a positive integer")
+                raise ValueError(f"{owner}.{name} ({value!r}) must be a positive integer")
         if self.codebook_size < 2:
-            raise ValueError(f"QuantizerConfig.codebook_size ({self.codebook_size}) must be >= 2")
-        if self.codebook_dim is not None and not 1 <= self.codebook_dim <= self.dim:
-            raise ValueError(f"QuantizerConfig.codebook_dim ({self.codebook_dim}) must be in [1, dim ({self.dim})]")
+            raise ValueError(f"{owner}.codebook_size ({self.codebook_size}) must be >= 2")
+        if self.codebook_dim is not None:
+            if isinstance(self.codebook_dim, bool) or not isinstance(self.codebook_dim, int) or self.codebook_dim < 1:
+                raise ValueError(f"{owner}.codebook_dim ({self.codebook_dim!r}) must be a positive integer or None")
+            if self.dim is not None and self.codebook_dim > self.dim:
+                raise ValueError(f"{owner}.codebook_dim ({self.codebook_dim}) must be in [1, dim ({self.dim})]")
+        if self.simvq and (self.update != "grad" or self.kmeans_init or self.dead_code_reset):
+            raise ValueError(
+                f"{owner}.simvq ({self.simvq}) learns the codebook only through its linear map, by gradient: it needs "
+                f"update='grad' (got {self.update!r}), kmeans_init=False (got {self.kmeans_init}) and "
+                f"dead_code_reset=False (got {self.dead_code_reset}); the random codebook is never re-seeded"
+            )
+        if (self.simvq or self.rotation_trick) and self.backend != "vqstudy":
+            raise ValueError(f"{owner}: simvq/rotation_trick need backend='vqstudy', not {self.backend!r}")
         if not 0.0 < self.decay < 1.0:
             raise ValueError(f"QuantizerConfig.decay ({self.decay}) must be in (0, 1)")
         if not self.eps > 0:
@@ -93,5 +115,22 @@ class QuantizerConfig:
         return self.codebook_dim if self.codebook_dim is not None else self.dim
 
     def with_dim(self, dim: int) -> "QuantizerConfig":
-        """A copy with `dim` replaced (models fill in their latent width)."""
-        return replace(self, dim=dim)
+        """A `QuantizerConfig` (never a subclass) with `dim` replaced (models fill in their latent width)."""
+        if type(self) is QuantizerConfig:
+            return replace(self, dim=dim)
+        return QuantizerConfig(**{**asdict(self), "dim": dim})
+
+
+@dataclass
+class LevelQuantizerConfig(QuantizerConfig):
+    """A `QuantizerConfig` inside a model config: `dim` may stay None until the model fills in its latent width.
+
+    Model configs type their quantizer fields with this class, so that YAML/--set can give
+    `codebook_dim` wider than the default dim before the model's latent width is known; the
+    `codebook_dim <= dim` check then runs when the model calls `with_dim`.
+    """
+
+    dim: int | None = None  # type: ignore[assignment]
+    """Width of the vectors fed to the quantizer; None: filled in by the model from its latent width."""
+
+    dim_from_owner: ClassVar[bool] = True

@@ -6,6 +6,8 @@ Features, each switchable in `QuantizerConfig`:
 - k-means++ data init over a buffer of encoder outputs collected over the first steps;
 - dead-code resets from a reservoir of recent encoder outputs, D^2-weighted (k-means++ style);
 - low-dim factorized lookup and cosine lookup (ViT-VQGAN, arXiv 2110.04627);
+- the rotation trick (arXiv 2410.06424): gradients pass through the rotation + rescale that maps z to q;
+- SimVQ (arXiv 2411.02038): a frozen random codebook C reparameterized by a learned linear map, codes = C W;
 - identical state on every rank under torch.distributed (counts and sums are all-reduced;
   k-means and resets draw from the gathered data in a canonical order with a shared seed);
 - a second backend on vector-quantize-pytorch's `VectorQuantize` (`backend="vqp"`).
@@ -61,7 +63,13 @@ class Quantizer(nn.Module):
         codebook = torch.randn(k, d, generator=g)
         if cfg.cosine:
             codebook = F.normalize(codebook, dim=-1)
-        if cfg.update == "grad":
+        self.codebook_transform: nn.Module | None = None
+        if cfg.simvq:  # frozen C (a buffer, never written), learned W: codes = C W (arXiv 2411.02038)
+            self.register_buffer("codebook", codebook)
+            self.codebook_transform = nn.Linear(d, d, bias=False)
+            with torch.no_grad():
+                self.codebook_transform.weight.copy_(torch.eye(d))  # starts at codes = C, like the plain random init
+        elif cfg.update == "grad":
             self.codebook = nn.Parameter(codebook)
         else:
             self.register_buffer("codebook", codebook)
@@ -73,8 +81,9 @@ class Quantizer(nn.Module):
         self.reservoir_size = cfg.reservoir_size or 8 * k
         # Per-rank state is kept out of the module's buffers: DistributedDataParallel broadcasts every
         # buffer from rank 0 before each forward, which would overwrite each rank's reservoir with rank 0's.
-        # It still travels in the state dict (get_extra_state), so checkpoints resume exactly.
-        self.reservoir = torch.zeros(self.reservoir_size, d)
+        # It still travels in the state dict (get_extra_state), so checkpoints resume exactly. Allocated on first
+        # use in the process that fills it: a tensor made here would be shared memory under ddp_spawn.
+        self.reservoir: torch.Tensor | None = None
         self.reservoir_seen = 0
         self.kmeans_samples = cfg.kmeans_samples or 16 * k
         self._kmeans_buffer: list[torch.Tensor] = []
@@ -87,7 +96,9 @@ class Quantizer(nn.Module):
         return F.normalize(z, dim=-1) if self.config.cosine else z
 
     def _codes(self) -> torch.Tensor:
-        return F.normalize(self.codebook, dim=-1) if self.config.cosine else self.codebook
+        """(K, d) the codes in lookup space (C W under SimVQ; differentiable unless EMA-updated)."""
+        codes = self.codebook if self.codebook_transform is None else self.codebook_transform(self.codebook)
+        return F.normalize(codes, dim=-1) if self.config.cosine else codes
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Code ids (...,) -> vectors (..., dim) in model space."""
@@ -135,7 +146,13 @@ class Quantizer(nn.Module):
 
         # straight-through estimator; z - sg(z) is exactly 0, so the value is exactly the code (decode_indices matches)
         # (without an input gradient, the output is the detached code: the model's loss never trains the codebook)
-        q_st = q.detach() + (z - z.detach()) if z.requires_grad else q.detach()
+        if not z.requires_grad:
+            q_st = q.detach()
+        elif cfg.rotation_trick:  # value q, gradient (lambda R)^T g with R, lambda the rotation + rescale z -> q
+            t = rotate_and_rescale(z, q.detach())
+            q_st = q.detach() + (t - t.detach())
+        else:
+            q_st = q.detach() + (z - z.detach())
         quantized = self.project_out(q_st).reshape(*lead, cfg.dim)
         stats = QuantizeStats(
             perplexity=usage.perplexity.float(),
@@ -182,7 +199,9 @@ class Quantizer(nn.Module):
         if take < n:
             g = self._generator(salt=D.rank() + 1)
             z = z[torch.randperm(n, generator=g)[:take].to(z.device)]
-        if self.reservoir.device != z.device:
+        if self.reservoir is None:
+            self.reservoir = torch.zeros(size, z.shape[1], device=z.device)
+        elif self.reservoir.device != z.device:
             self.reservoir = self.reservoir.to(z.device)
         start = self.reservoir_seen % size
         pos = (torch.arange(take, device=z.device) + start) % size
@@ -202,6 +221,8 @@ class Quantizer(nn.Module):
         if n_dead == 0:
             return 0
         filled = min(self.reservoir_seen, self.reservoir_size)
+        if self.reservoir is None:
+            self.reservoir = torch.zeros(self.reservoir_size, self.config.lookup_dim, device=self.codebook.device)
         pool = canonical_order(D.all_gather_cat(self.reservoir[:filled].to(self.codebook.device)), self.config.seed)  # same on every rank
         if pool.shape[0] == 0:
             return 0
@@ -275,21 +296,41 @@ class Quantizer(nn.Module):
         if self.vqp is not None:
             return torch.zeros(0, dtype=torch.float64)
         seen = torch.tensor([float(self.reservoir_seen)], dtype=torch.float64)
+        if self.reservoir is None:
+            return torch.cat([torch.zeros(self.reservoir_size * self.config.lookup_dim, dtype=torch.float64), seen])
         return torch.cat([self.reservoir.detach().double().cpu().reshape(-1), seen])
 
     def set_extra_state(self, state: torch.Tensor) -> None:
         if self.vqp is not None or state.numel() == 0:
             return
-        expected = self.reservoir.numel() + 1
-        if state.numel() != expected:
-            raise ValueError(f"Quantizer extra state has {state.numel()} values, expected {expected} (reservoir_size x d + 1)")
-        self.reservoir = state[:-1].reshape(self.reservoir.shape).float().to(self.codebook.device)
+        shape = (self.reservoir_size, self.config.lookup_dim)
+        if state.numel() != shape[0] * shape[1] + 1:
+            raise ValueError(f"Quantizer extra state has {state.numel()} values, expected "
+                             f"{shape[0] * shape[1] + 1} (reservoir_size x lookup dim + 1)")
+        self.reservoir = state[:-1].reshape(shape).float().to(self.codebook.device)
         self.reservoir_seen = int(state[-1].item())
 
     def extra_repr(self) -> str:
         c = self.config
         return (
             f"dim={c.dim}, codebook_size={c.codebook_size}, lookup_dim={c.lookup_dim}, cosine={c.cosine}, "
-            f"update={c.update}, kmeans_init={c.kmeans_init}, dead_code_reset={c.dead_code_reset}"
+            f"update={c.update}, kmeans_init={c.kmeans_init}, dead_code_reset={c.dead_code_reset}, "
+            f"rotation_trick={c.rotation_trick}, simvq={c.simvq}"
         )
+
+
+def rotate_and_rescale(z: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """lambda R z for z, q (N, d), where R rotates z/|z| onto q/|q| and lambda = |q|/|z| (arXiv 2410.06424, eq. 4).
+
+    R and lambda are computed from detached z and q (treated as constants), so the result equals q in value
+    and its gradient with respect to z is (lambda R)^T: the Householder form R = I - 2 r r^T + 2 w u^T with
+    u = z/|z|, w = q/|q|, r = (u + w)/|u + w|, applied without forming the (d, d) matrix.
+    """
+    zd = z.detach()
+    z_norm = zd.norm(dim=-1, keepdim=True).clamp_min(eps)  # (N, 1)
+    q_norm = q.norm(dim=-1, keepdim=True).clamp_min(eps)  # (N, 1)
+    u, w = zd / z_norm, q / q_norm  # (N, d) unit vectors
+    r = F.normalize(u + w, dim=-1, eps=eps)  # (N, d); 0 when u = -w, where R = I + 2 w u^T still maps u to w
+    rz = z - 2 * r * (r * z).sum(-1, keepdim=True) + 2 * w * (u * z).sum(-1, keepdim=True)  # (N, d)
+    return (q_norm / z_norm) * rz
 

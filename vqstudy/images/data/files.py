@@ -194,6 +194,13 @@ class ParquetStream(SkipCounted, IterableDataset):
         self._next_epoch = epoch
 
     def _hf(self, epoch: int):
+        # `datasets` keeps the epoch in a torch tensor created at the first set_epoch and updated in place;
+        # created inside Lightning's validation (inference mode) it would be an inference tensor that a later
+        # iteration outside inference mode may not update, so it is always made and updated as a normal tensor.
+        with torch.inference_mode(False):
+            return self._hf_stream(epoch)
+
+    def _hf_stream(self, epoch: int):
         if self._stream is None:
             datasets = _require_datasets()
             hf = datasets.load_dataset("parquet", data_files={self.split: self.files}, split=self.split, streaming=True)
