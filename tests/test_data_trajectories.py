@@ -458,7 +458,7 @@ def test_two_arm_actions_get_both_grippers_or_a_warning_naming_the_other():
     assert np.flatnonzero(inferred.gripper_mask).tolist() == [6, 13]
     normalized = inferred.normalize(torch.as_tensor(x))
     assert set(normalized[:, 13].unique().tolist()) == {-1.0, 1.0}  # kept binary, not rescaled
-    with pytest.warns(UserWarning, match=r"action dims \[13\] take only two values"):
+    with pytest.warns(UserWarning, match=r"action dims \[13\] take only the values -1/\+1"):
         QuantileNormalizer().fit(x, gripper_dims=[6])
     with pytest.raises(ValueError, match=r"gripper_dims \(\[6, 14\]\) has \[14\] out of range"):
         QuantileNormalizer().fit(x, gripper_dims=[6, 14])

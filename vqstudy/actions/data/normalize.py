@@ -24,8 +24,9 @@ STATE_KEYS = ("q_low", "q_high", "gripper_mask", "quantiles")
 
 
 def binary_dims(actions: np.ndarray) -> list[int]:
-    """Dimensions of `actions` (N, A) that take at most two distinct values (gripper open/close commands)."""
-    return [d for d in range(actions.shape[1]) if np.unique(actions[:, d]).size <= 2]
+    """Dimensions of `actions` (N, A) whose values are all -1 or +1 (gripper open/close commands, which the
+    normalizer keeps by sign without loss; a gripper effort in [-1, 1] stays a continuous dimension)."""
+    return [d for d in range(actions.shape[1]) if np.isin(np.unique(actions[:, d]), (-1.0, 1.0)).all()]
 
 
 def gripper_layout(actions: np.ndarray, gripper_dims: Sequence[int] | None) -> list[int]:
@@ -47,10 +48,10 @@ def gripper_layout(actions: np.ndarray, gripper_dims: Sequence[int] | None) -> l
     not_binary = [d for d in dims if d not in binary]
     undeclared = [d for d in binary if d not in dims]
     if not_binary:
-        warnings.warn(f"gripper_dims {not_binary} take more than two values in the data (action_dim {dim}); "
+        warnings.warn(f"gripper_dims {not_binary} take values other than -1/+1 in the data (action_dim {dim}); "
                       "they are still mapped to -1/+1 by sign", stacklevel=3)
     if undeclared:
-        warnings.warn(f"action dims {undeclared} take only two values (a gripper, e.g. of a second arm?) but are not "
+        warnings.warn(f"action dims {undeclared} take only the values -1/+1 (a gripper, e.g. of a second arm?) but are not "
                       f"in gripper_dims {dims}; they are rescaled like continuous joints", stacklevel=3)
     return dims
 
