@@ -15,8 +15,8 @@ pytest.importorskip("metaworld", reason="Meta-World is the optional extra: pip i
 from vqstudy import ActionTokenizer  # noqa: E402
 from vqstudy.actions.baselines import UniformBinConfig, UniformBinTokenizer  # noqa: E402
 from vqstudy.sim import env as sim_env  # noqa: E402
-from vqstudy.sim.commands import add_data_make_parser, add_policy_eval_parser  # noqa: E402
-from vqstudy.sim.env import MetaWorldEnv, resolve_tasks  # noqa: E402
+from vqstudy.sim.commands import add_data_make_parser, add_policy_eval_parser, check_disjoint  # noqa: E402
+from vqstudy.sim.env import MetaWorldEnv, initial_state_seed, resolve_tasks  # noqa: E402
 from vqstudy.sim.rollout import RolloutConfig, evaluate, smoothness, wilson_interval  # noqa: E402
 from vqstudy.sim.sources import ExpertChunkSource, ExpertSource, TokenizedSource  # noqa: E402
 
@@ -161,3 +161,19 @@ def test_command_handlers(tmp_path, capsys):
     args = root.parse_args(["policy", "eval", "--source", "tokenized", "--tasks", "reach-v3"])
     with pytest.raises(ValueError, match="--tokenizer"):
         args.func(args)
+    saved = ActionTokenizer(UniformBinTokenizer(UniformBinConfig(horizon=2, action_dim=4))).save_pretrained(tmp_path / "bins")
+    args = root.parse_args(["policy", "eval", "--source", "tokenized", "--tokenizer", str(saved), "--horizon", "2",
+                            "--tasks", "reach-v3", "--n", "1", "--max-steps", "4", "--out", str(out)])
+    assert args.func(args) == 0
+    assert json.loads((out / "eval.json").read_text())[0]["source"] == "expert_chunks_h2+bins"
+
+
+def test_check_disjoint_refuses_shared_seeds(tmp_path):
+    (tmp_path / "meta").mkdir()
+    shared = initial_state_seed(0, "reach-v3", 1, "eval")
+    (tmp_path / "meta" / "metaworld.json").write_text(json.dumps({"seeds": {"reach-v3": [5, shared]}}))
+    with pytest.raises(ValueError, match="1 evaluation seeds are demonstration seeds"):
+        check_disjoint(tmp_path, ["reach-v3"], n=2, seed=0)
+    check_disjoint(tmp_path, ["reach-v3"], n=2, seed=1)
+    with pytest.raises(FileNotFoundError, match="not a dataset written by"):
+        check_disjoint(tmp_path / "nothing", ["reach-v3"], n=2, seed=0)

@@ -92,7 +92,7 @@ def add_policy_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.A
     """`eval --source expert|expert-chunks|tokenized ...` under `vqstudy policy`."""
     p = subparsers.add_parser("eval", help="closed-loop success of an action source in Meta-World",
                               description="Closed-loop rollouts from held-out initial states: success with Wilson "
-                                          "95%% intervals, episode length, smoothness, environment steps per second.")
+                                          "95% intervals, episode length, smoothness, environment steps per second.")
     p.add_argument("--source", choices=sorted(SOURCES), default="expert",
                    help="expert: scripted expert; expert-chunks: its H-step chunks executed open loop; "
                         "tokenized: those chunks through --tokenizer")
