@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=50, help="held-out rollouts per task and source")
     p.add_argument("--horizon", type=int, default=8)
     p.add_argument("--num-bins", type=int, default=256)
-    p.add_argument("--num-envs", type=int, default=10)
+    p.add_argument("--num-envs", type=int, default=5, help="simulators per task (all tasks run together)")
     p.add_argument("--workers", type=int, default=1, help="processes recording demonstrations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default="runs/sim/mt10_demos", help="demonstration dataset (recorded unless complete)")

@@ -92,6 +92,23 @@ def test_chunked_replay_equals_expert_exactly(horizon):
     assert again.episodes == expert.episodes and len(cache["push-v3"]) == 2
 
 
+def test_batches_mix_tasks_and_results_do_not_depend_on_batching():
+    seen = []
+
+    class Recording(ExpertSource):
+        def __call__(self, batch):
+            seen.append(batch.task_ids.tolist())
+            assert batch.obs.shape == (len(batch.task_ids), 39)
+            return super().__call__(batch)
+
+    cfg = RolloutConfig(["reach-v3", "push-v3"], n=3, seed=2, max_steps=30, num_envs=2)
+    cache: dict = {}
+    two = evaluate(Recording(), cfg, env_cache=cache)
+    assert seen[0] == [0, 0, 1, 1]  # one batch, every live simulator of every task
+    three = evaluate(ExpertSource(), RolloutConfig(cfg.tasks, n=3, seed=2, max_steps=30, num_envs=3), env_cache=cache)
+    assert two.episodes == three.episodes and [e.task for e in two.episodes] == ["reach-v3"] * 3 + ["push-v3"] * 3
+
+
 def test_tokenized_fine_bins_follow_the_expert():
     tokenizer = ActionTokenizer(UniformBinTokenizer(UniformBinConfig(horizon=4, action_dim=4, num_bins=256)))
     source = TokenizedSource(ExpertChunkSource(4), tokenizer)

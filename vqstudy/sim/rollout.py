@@ -2,10 +2,12 @@
 length, action smoothness, and where the time goes.
 
 Rollouts start from held-out initial states (`initial_state_seed(seed, task, i, "eval")`, disjoint from
-every demonstration seed) and end at the first success or after `max_steps`. Per task, `num_envs`
-simulators run in lockstep; at each decision step the source gets the observations of all live ones
-in one batch and returns chunks `(B, H, 4)`, each executed open loop for its H steps. Given the seed
-(and `num_envs`) the result is deterministic.
+every demonstration seed) and end at the first success or after `max_steps`. Every task gets
+`num_envs` simulators and all of them run together: at each step the source gets one batch with the
+observations of every live simulator that has finished its chunk (all tasks mixed, `task_ids` says
+which) and returns chunks `(B, H, 4)`, each executed open loop for its H steps. A simulator whose
+rollout ends starts its task's next rollout. Given the seed (and `num_envs`) the result is
+deterministic; episodes are reported in (task, rollout) order.
 """
 
 from __future__ import annotations
@@ -138,18 +140,25 @@ def aggregate(task: str, episodes: Sequence[EpisodeResult]) -> TaskResult:
 
 
 class _Slot:
-    """One live rollout."""
+    """One simulator and the rollout it is running."""
 
-    def __init__(self, env: MetaWorldEnv, seed: int) -> None:
-        self.env, self.seed = env, seed
-        self.obs = env.reset(seed)
+    def __init__(self, env: MetaWorldEnv, task_id: int) -> None:
+        self.env, self.task_id = env, task_id
+        self.index = self.seed = -1
+        self.obs = np.zeros(0)
         self.actions: list[np.ndarray] = []
         self.chunk: np.ndarray | None = None
         self.pos = 0
         self.success = False
 
+    def start(self, index: int, seed: int) -> None:
+        self.index, self.seed = index, seed
+        self.obs = self.env.reset(seed)
+        self.actions, self.chunk, self.pos, self.success = [], None, 0, False
 
-def _check_chunks(chunks: Any, batch: int, source: str, task: str) -> np.ndarray:
+
+def _check_chunks(chunks: Any, batch: int, source: str, tasks: list[str]) -> np.ndarray:
+    task = ", ".join(tasks)
     chunks = np.asarray(chunks, dtype=np.float32)
     if chunks.ndim != 3 or chunks.shape[0] != batch or chunks.shape[1] < 1 or chunks.shape[2] != ACTION_DIM:
         raise ValueError(f"source {source!r} returned shape {chunks.shape} on {task}; expected ({batch}, H, {ACTION_DIM})")
@@ -168,53 +177,67 @@ def evaluate(
     `env_cache` (task -> simulators) keeps simulators for later calls instead of building and
     closing them (building one takes ~0.2 s; a seeded reset makes reuse exact)."""
     tasks = resolve_tasks(config.tasks)
-    episodes: list[EpisodeResult] = []
-    t_source = t_sim = t_setup = 0.0
+    done: list[tuple[int, int, EpisodeResult]] = []  # (task_id, rollout index, result)
+    t_source = t_sim = 0.0
     steps = 0
     start = time.perf_counter()
+    want = min(config.num_envs, config.n)
+    slots: list[_Slot] = []
     for task_id, task in enumerate(tasks):
-        want = min(config.num_envs, config.n)
         pool = env_cache.setdefault(task, []) if env_cache is not None else []
-        t0 = time.perf_counter()
         pool += [MetaWorldEnv(task) for _ in range(want - len(pool))]
-        t_setup += time.perf_counter() - t0
-        envs = pool[:want]
-        for wave, first in enumerate(range(0, config.n, len(envs))):
-            rng = np.random.default_rng([config.seed, task_id, wave])
-            live = [_Slot(env, initial_state_seed(config.seed, task, i, "eval"))
-                    for env, i in zip(envs, range(first, min(config.n, first + len(envs))))]
-            while live:
-                need = [s for s in live if s.chunk is None or s.pos == len(s.chunk)]
-                if need:
-                    batch = SourceBatch(
-                        obs=np.stack([s.obs for s in need]), task_ids=np.full(len(need), task_id, dtype=np.int64),
-                        tasks=[task] * len(need), steps=np.array([s.env.steps for s in need], dtype=np.int64),
-                        envs=[s.env for s in need], rng=rng)
-                    t0 = time.perf_counter()
-                    chunks = _check_chunks(source(batch), len(need), source.name, task)
-                    t_source += time.perf_counter() - t0
-                    for s, chunk in zip(need, chunks):
-                        s.chunk, s.pos = chunk, 0
-                still = []
-                for s in live:
-                    action = s.chunk[s.pos]
-                    s.pos += 1
-                    t0 = time.perf_counter()
-                    s.obs, _, s.success = s.env.step(action)
-                    t_sim += time.perf_counter() - t0
-                    steps += 1
-                    s.actions.append(action)
-                    if s.success or s.env.steps >= config.max_steps:
-                        result = EpisodeResult(task, s.seed, s.success, s.env.steps, smoothness(np.stack(s.actions)))
-                        episodes.append(result)
-                        if on_episode is not None:
-                            on_episode(result)
-                    else:
-                        still.append(s)
-                live = still
-        if env_cache is None:
-            for env in envs:
-                env.close()
+        slots += [_Slot(env, task_id) for env in pool[:want]]
+    t_setup = time.perf_counter() - start
+    next_index = [0] * len(tasks)
+
+    def refill(slot: _Slot) -> bool:
+        """Start the task's next rollout on this simulator; False when the task has none left."""
+        i = next_index[slot.task_id]
+        if i >= config.n:
+            return False
+        next_index[slot.task_id] += 1
+        slot.start(i, initial_state_seed(config.seed, tasks[slot.task_id], i, "eval"))
+        return True
+
+    live = [s for s in slots if refill(s)]
+    rng = np.random.default_rng(config.seed)
+    while live:
+        need = [s for s in live if s.chunk is None or s.pos == len(s.chunk)]
+        if need:
+            batch = SourceBatch(
+                obs=np.stack([s.obs for s in need]),
+                task_ids=np.array([s.task_id for s in need], dtype=np.int64),
+                tasks=[tasks[s.task_id] for s in need],
+                steps=np.array([s.env.steps for s in need], dtype=np.int64),
+                envs=[s.env for s in need], rng=rng)
+            t0 = time.perf_counter()
+            chunks = _check_chunks(source(batch), len(need), source.name, sorted(set(batch.tasks)))
+            t_source += time.perf_counter() - t0
+            for s, chunk in zip(need, chunks):
+                s.chunk, s.pos = chunk, 0
+        still = []
+        for s in live:
+            action = s.chunk[s.pos]
+            s.pos += 1
+            t0 = time.perf_counter()
+            s.obs, _, s.success = s.env.step(action)
+            t_sim += time.perf_counter() - t0
+            steps += 1
+            s.actions.append(action)
+            if s.success or s.env.steps >= config.max_steps:
+                result = EpisodeResult(tasks[s.task_id], s.seed, s.success, s.env.steps, smoothness(np.stack(s.actions)))
+                done.append((s.task_id, s.index, result))
+                if on_episode is not None:
+                    on_episode(result)
+                if refill(s):
+                    still.append(s)
+            else:
+                still.append(s)
+        live = still
+    if env_cache is None:
+        for s in slots:
+            s.env.close()
+    episodes = [r for _, _, r in sorted(done, key=lambda d: d[:2])]
     wall = time.perf_counter() - start
     per_task = [aggregate(task, [e for e in episodes if e.task == task]) for task in tasks]
     busy = wall - t_setup
