@@ -167,3 +167,53 @@ def test_real_lpips_through_metrics_matches_golden() -> None:
     assert round(m.compute()["lpips"], 3) == 0.722
     m.update(p1, ref)  # mean over both pairs
     assert m.compute()["lpips"] == pytest.approx((0.722 + 0.138) / 2, abs=1e-3)
+
+
+# ------------------------------------------------------------------ classical codecs at a VQ rate, paired comparisons
+@pytest.mark.parametrize("codec", ["jpeg", "webp"])
+def test_classical_codec_uses_the_highest_quality_within_the_payload_budget(codec):
+    from vqstudy.images.classical import _encode, _payload, code_at_budget
+
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=64, mode="bilinear")[0]
+    image = (smooth + 0.05 * torch.rand(3, 64, 64, generator=g)).clamp(0, 1)
+    coded = code_at_budget(image, codec, 2560)
+    assert coded.fits and coded.payload_bits <= 2560 < coded.file_bits + (2560 if codec == "webp" else 0)
+    assert coded.image.shape == image.shape and 0 <= float(coded.image.min()) <= float(coded.image.max()) <= 1
+    if coded.quality < 100:  # one step up would not fit
+        from PIL import Image
+
+        img = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        assert _payload(_encode(img, codec, coded.quality + 1), codec) > 2560
+    mse = float((coded.image - image).pow(2).mean())
+    assert -10 * math.log10(mse) > 20  # a real reconstruction at 0.625 bpp
+
+
+def test_jpeg_and_webp_payload_parsers_reject_other_formats():
+    from vqstudy.images.classical import jpeg_payload_bytes, webp_payload_bytes
+
+    with pytest.raises(ValueError, match="SOS"):
+        jpeg_payload_bytes(b"\x89PNG....")
+    with pytest.raises(ValueError, match="WebP"):
+        webp_payload_bytes(b"RIFF\x00\x00\x00\x00WEBPVP8L")
+
+
+def test_paired_bootstrap_intervals_and_wording_follow_the_interval():
+    from vqstudy.images.compare import Paired, bootstrap_mean, paired_difference, verdict
+
+    mean, low, high = bootstrap_mean([1.0] * 7)
+    assert (mean, low, high) == (1.0, 1.0, 1.0)
+    rng = np.random.default_rng(0)
+    a = [{"seed": 0, "image": i, "source": f"p{i % 10}", "psnr": 20 + float(rng.normal())} for i in range(100)]
+    b_same = [{**r, "psnr": r["psnr"] - 0.01 * (1 if i % 2 else -1)} for i, r in enumerate(a)]
+    b_worse = [{**r, "psnr": r["psnr"] - 1.0} for r in a]
+    p = paired_difference(a, b_worse, "psnr")
+    assert p.n_photos == 10 and p.n_images == 100 and p.low == pytest.approx(1.0) and p.high == pytest.approx(1.0)
+    assert verdict(p, "dB").startswith("A better: +1 dB")
+    p = paired_difference(a, b_same, "psnr")
+    assert p.low < 0 < p.high or p.low == p.high
+    assert verdict(Paired(0.05, -0.4, 0.5, 10, 100), "dB") == "no detectable difference: +0.05 dB, 95% interval [-0.4, +0.5] dB"
+    assert verdict(Paired(0.05, -0.1, 0.2, 10, 100), "dB", margin=0.25).startswith("equivalent within ±0.25 dB")
+    assert verdict(Paired(-0.3, -0.5, -0.1, 10, 100), "", higher_is_better=False).startswith("A better")
+    with pytest.raises(ValueError, match="disagree on the image"):
+        paired_difference(a, [{**r, "source": "other"} for r in a], "psnr")

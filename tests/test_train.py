@@ -293,14 +293,14 @@ def test_training_usage_metrics_use_the_quantizers_dead_code_threshold():
     assert float(module.val_usage["code"].compute()["dead_fraction"]) == pytest.approx(15 / 16)
 
 
-def test_study_figure_with_a_single_point_has_no_legend_warning(tmp_path):
+def test_study_figures_without_data_have_no_legend_warning(tmp_path):
     import warnings
 
-    from vqstudy.images.study import plot_study
+    from vqstudy.images.plots import plot_learning_curves
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        plot_study({"aggregate": []}, tmp_path / "empty.png")
+        plot_learning_curves([], tmp_path / "empty.png")
     assert (tmp_path / "empty.png").stat().st_size > 0
 
 
@@ -344,3 +344,42 @@ def test_eval_reloads_a_pair_and_evaluates_it_on_an_image_folder(tmp_path, monke
     committed.mkdir(parents=True)
     with pytest.raises(ValueError, match="must not be inside the committed run"):
         eval_output_dir(committed, committed, load_eval_config(run))
+
+
+def test_photo_folds_validate_every_photo_exactly_once():
+    from vqstudy.images.data.embedded import EMBEDDED_IMAGES
+    from vqstudy.images.study import StudyPlan, photo_folds
+
+    folds = photo_folds(5)
+    assert sorted(n for f in folds for n in f) == sorted(EMBEDDED_IMAGES) and all(len(f) == 4 for f in folds)
+    plan = StudyPlan(base_config=str(CONFIGS / "pair_study.yaml"), variants=("full", "single_f2"))
+    runs = plan.runs()
+    assert len(runs) == 10
+    for name, seed, cfg in runs:
+        assert cfg.data.val_images == folds[seed] and cfg.train.seed == seed == cfg.data.seed
+    with pytest.raises(ValueError, match="unknown"):
+        StudyPlan(variants=("nope",))
+
+
+@pytest.mark.slow
+def test_quick_study_writes_tables_comparisons_and_figures(tmp_path):
+    """The image study end to end on configs/pair_study_quick.yaml (one seed, one variant, both models)."""
+    from vqstudy.images.study import StudyPlan, run_study
+
+    plan = StudyPlan(base_config=str(CONFIGS / "pair_study_quick.yaml"), out_dir=str(tmp_path / "out"),
+                     runs_dir=str(tmp_path / "runs"), seeds=(0,), variants=("full",))
+    study = run_study(plan, command="test")
+    out = tmp_path / "out"
+    for name in ("study.md", "study.json", "per_image.csv", "comparisons.csv", "runs.csv", "learning_curves.png",
+                 "recon_grid.png", "runs/full_s0/metrics.json", "runs/full_s0/single/per_image.csv"):
+        assert (out / name).stat().st_size > 0, name
+    table = {(r["variant"], r["model"]): r for r in study["table"]}
+    assert set(table) == {("full", "hierarchical"), ("full", "single"), ("jpeg", "jpeg"), ("webp", "webp")}
+    assert table[("full", "hierarchical")]["bits_per_image"] == 1280 == study["budget_bits"]
+    assert 0 <= table[("full", "hierarchical")]["top_unused_share"] <= 1
+    assert table[("jpeg", "jpeg")]["fits_share"] > 0.5
+    comps = {(c["A"], c["B"]): c for c in study["comparisons"]}
+    c = comps[("full/single", "full/hierarchical")]
+    assert c["psnr_low"] <= c["psnr_diff"] <= c["psnr_high"] and c["photos"] == 4
+    assert (tmp_path / "runs" / "full_s0" / "single" / "model.safetensors").is_file()
+    assert not (out / "runs" / "full_s0" / "single" / "model.safetensors").exists()  # weights stay out of results

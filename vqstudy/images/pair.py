@@ -49,6 +49,8 @@ class PairConfig:
     """Quantizer fields in which the single-level twin differs from the hierarchical bottom level (e.g. {codebook_dim: 16}); everything else is the bottom level's; codebook_size and dim come from capacity matching."""
     single_downsample: int | None = None
     """Downsampling factor of the twin (None: the hierarchical bottom factor, else the nearest that matches)."""
+    match_tolerance: float = 0.005
+    """Largest relative bits gap allowed between the twin and the hierarchical model (0.005 = 0.5%)."""
     data: ImageDataConfig = field(default_factory=ImageDataConfig)
     """Images (embedded photos by default)."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -86,7 +88,8 @@ def single_config(cfg: PairConfig) -> tuple[VQVAEConfig, CapacityMatch]:
     The twin's quantizer is the hierarchical bottom level's with the matched codebook_size, then the
     fields in `single_quantizer` (and nothing else) replaced.
     """
-    match = match_single_level(cfg.hierarchical, cfg.data.crop_size, downsample=cfg.single_downsample)
+    match = match_single_level(cfg.hierarchical, cfg.data.crop_size, tolerance=cfg.match_tolerance,
+                               downsample=cfg.single_downsample)
     single = match.single_config
     if cfg.single_quantizer:
         single = replace(single, quantizer=replace(single.quantizer, **cfg.single_quantizer))

@@ -109,3 +109,103 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     made = [plot_utilization(run_dir, out / "utilization.png"), plot_usage_hist(run_dir, out / "usage_hist.png"),
             plot_recon_grid(run_dir, out / "recon_grid.png")]
     return [p for p in made if p is not None]
+
+
+def plot_learning_curves(runs: list[tuple[str, int, str]], out: Path, smooth: int = 20) -> Path:
+    """Training PSNR (per-batch, moving average over `smooth` steps) and per-window utilization against step,
+    mean over seeds, one line per variant; one column per model. `runs`: (variant, seed, run_dir)."""
+    import numpy as np
+
+    plt = _pyplot()
+    series: dict[tuple[str, str, str], list[list[tuple[int, float]]]] = defaultdict(list)
+    for variant, _, run_dir in runs:
+        path = Path(run_dir) / "curves.csv"
+        if not path.is_file():
+            continue
+        for (model, key), points in read_curves(path).items():
+            if key == "train/psnr" or key in ("train/code/utilization", "train/bottom/utilization", "train/top/utilization"):
+                series[(model, key, variant)].append(points)
+    models = sorted({m for m, _, _ in series})
+    fig, axes = plt.subplots(2, max(len(models), 1), figsize=(6 * max(len(models), 1), 7), squeeze=False)
+    for col, model in enumerate(models):
+        for (m, key, variant), runs_points in sorted(series.items()):
+            if m != model:
+                continue
+            steps = sorted(set.intersection(*(set(s for s, _ in pts) for pts in runs_points)))
+            if not steps:
+                continue
+            mean = np.array([np.mean([dict(pts)[s] for pts in runs_points]) for s in steps])
+            if key == "train/psnr":
+                kernel = np.ones(min(smooth, len(mean))) / min(smooth, len(mean))
+                axes[0][col].plot(steps[len(kernel) - 1:], np.convolve(mean, kernel, mode="valid"), label=variant)
+            else:
+                level = key.split("/")[1]
+                axes[1][col].plot(steps, mean, marker=".", label=f"{variant} / {level}")
+        axes[0][col].set(title=model, xlabel="training step", ylabel=f"train PSNR (dB, {smooth}-step mean)")
+        axes[1][col].set(xlabel="training step", ylabel="utilization per window", ylim=(0, 1.05))
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def diverse_tiles(sources: list[str], images, per_photo: int = 2) -> list[int]:
+    """Indices of validation tiles spread over photos: per photo, its most and its median-textured tile (pixel std)."""
+    by_photo: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for i, name in enumerate(sources):
+        by_photo[name].append((float(images[i].std()), i))
+    picked = []
+    for tiles in by_photo.values():
+        tiles.sort()
+        picked += [tiles[-1][1], tiles[len(tiles) // 2][1]][:per_photo]
+    return picked
+
+
+def plot_study_recon_grid(plan, done: list[tuple[str, int, str]], out: Path, budget_bits: float,
+                          rows: tuple[tuple[str, str], ...] = (("full", "hierarchical"), ("full", "single"),
+                                                               ("rotation", "single"), ("simvq", "single"),
+                                                               ("plain", "hierarchical"))) -> Path | None:
+    """Targets, JPEG, WebP and trained models' reconstructions of diverse validation tiles of the first seed."""
+    import torch
+    from torchvision.utils import make_grid
+
+    from vqstudy.images.classical import code_at_budget
+    from vqstudy.images.data.module import ImageDataModule
+    from vqstudy.images.evaluate import load_model
+
+    seed = plan.seeds[0]
+    first = {name: cfg for name, s, cfg in plan.runs() if s == seed}
+    if not first:
+        return None
+    data = ImageDataModule(next(iter(first.values())).data)
+    data.setup()
+    tiles = [data.val_ds[i] for i in range(len(data.val_ds))]
+    pick = diverse_tiles([t[0] for t in data.val_ds.tiles], tiles)[:10]
+    targets = torch.stack([tiles[i] for i in pick])  # (n, 3, c, c)
+    named = [("target", targets)]
+    for codec in ("jpeg", "webp"):
+        named.append((f"{codec} {budget_bits:.0f} bits", torch.stack([code_at_budget(t, codec, budget_bits).image for t in targets])))
+    paths = {(v, s): p for v, s, p in done}
+    for variant, model in rows:
+        folder = Path(paths.get((variant, seed), "")) / model
+        if not (folder / "model.safetensors").is_file():
+            continue
+        net = load_model(folder)
+        with torch.no_grad():
+            named.append((f"{model[:4]} {variant}", net(targets).recon.clamp(0, 1)))
+    plt = _pyplot()
+    n = targets.shape[0]
+    grid = make_grid(torch.cat([x for _, x in named]), nrow=n, padding=2)  # (3, H', W')
+    fig, ax = plt.subplots(figsize=(1.2 * n + 1.5, 1.25 * len(named)))
+    ax.imshow(grid.permute(1, 2, 0).numpy())
+    ax.set_yticks([(i + 0.5) * grid.shape[1] / len(named) for i in range(len(named))], [k for k, _ in named], fontsize=8)
+    ax.set_xticks([])
+    ax.set_title(f"validation tiles of seed {seed} (photos {', '.join(sorted(set(data.val_ds.tiles[i][0] for i in pick)))})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,46 +1,78 @@
-"""The image study: hierarchical vs capacity-matched single-level variants, over seeds (arXiv 2601.22244).
+"""The image study: hierarchical vs capacity-matched single-level VQ-VAEs, made trustworthy (arXiv 2601.22244).
 
-Each variant is a PairConfig override applied on a base config; every run trains one model of the
-pair (same data, steps, optimizer, seed), so all variants have the same bits per image.
-Writes <out>/study.json, <out>/study.md, <out>/study_psnr_vs_util.png and a throughput table.
+Design (every choice is in `StudyPlan` or `VARIANTS`):
+- equal tuning: each collapse fix (none, k-means + resets, + low-dim lookup, + rotation trick, SimVQ) is
+  applied to both models of the pair (the twin inherits the bottom level's quantizer);
+- systematic tuning at fixed bits: single-level code dim and grid size (f=2 is the nearest the grid
+  allows, +3.4% bits), hierarchical top/bottom bit split;
+- cross-validation by photo: the embedded photos are split into `n_folds` folds; seed s trains on the
+  other folds and validates on fold s % n_folds, so with n_folds seeds every photo is validation once;
+  a seed sets train.seed, data.seed and every quantizer seed (init, data order, crops, k-means);
+- per-image PSNR/SSIM/LPIPS, paired comparisons with bootstrap intervals over photos (`compare.py`),
+  learning curves, per-level contributions (`evaluate.py`), a recon grid, and JPEG/WebP at the same
+  bits per image on the same validation tiles (`classical.py`).
+Runs go to <runs_dir>/<variant>_s<seed>/ (weights included); their small files are copied to
+<out>/runs/ and the study writes <out>/study.json, study.md, per_image.csv, comparisons.csv and figures.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
+import shutil
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from vqstudy.config import deep_merge
+from vqstudy.images.compare import Paired, paired_difference, verdict
+from vqstudy.images.data.embedded import EMBEDDED_IMAGES
+from vqstudy.images.evaluate import PER_IMAGE, read_per_image
+from vqstudy.images.pair import PairConfig, load_pair_config, run_pair
 from vqstudy.machine import machine_line
-from vqstudy.images.pair import load_pair_config, run_pair
 
 log = logging.getLogger(__name__)
 
 PLAIN = {"kmeans_init": False, "dead_code_reset": False, "codebook_dim": None}
 """Random init, no resets, code dim = model dim: the collapse-prone baseline."""
+KMEANS_RESET = {"codebook_dim": None}
+"""k-means init + dead-code resets (the base config's), full-width codes."""
+ROTATION = {"rotation_trick": True}
+"""The base config (k-means, resets, code dim 8) with the rotation trick (arXiv 2410.06424)."""
+SIMVQ = {"simvq": True, "update": "grad", "kmeans_init": False, "dead_code_reset": False, "codebook_dim": None}
+"""SimVQ (arXiv 2411.02038): frozen random codebook, learned linear map, no init or resets, full-width codes."""
+
+
+def both_levels(q: dict[str, Any]) -> dict[str, Any]:
+    """A variant applying quantizer fields `q` to both hierarchical levels (and so to the twin, which inherits the bottom)."""
+    return {"hierarchical": {"top": q, "bottom": q}}
+
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "hier_plain": {"models": ["hierarchical"], "hierarchical": {"top": PLAIN, "bottom": PLAIN}},
-    "hier_full": {"models": ["hierarchical"]},
-    "single_plain": {"models": ["single"], "single_quantizer": PLAIN},
-    "single_kmeans": {"models": ["single"], "single_quantizer": {**PLAIN, "kmeans_init": True}},
-    "single_kmeans_reset": {
-        "models": ["single"],
-        "single_quantizer": {**PLAIN, "kmeans_init": True, "dead_code_reset": True},
-    },
-    "single_full": {"models": ["single"]},
+    # equal tuning: every collapse fix on both models
+    "plain": both_levels(PLAIN),
+    "kmeans_reset": both_levels(KMEANS_RESET),
+    "full": {},
+    "rotation": both_levels(ROTATION),
+    "simvq": both_levels(SIMVQ),
+    # systematic tuning at fixed bits, single-level: code dim, grid size
+    "single_cdim4": {"models": ["single"], "single_quantizer": {"codebook_dim": 4}},
+    "single_cdim16": {"models": ["single"], "single_quantizer": {"codebook_dim": 16}},
+    "single_f2": {"models": ["single"], "single_downsample": 2, "match_tolerance": 0.04},
+    # systematic tuning at fixed bits, hierarchical: top/bottom split of 2,560 bits (64 px)
+    "hier_split_16_512": {"models": ["hierarchical"], "hierarchical": {"top": {"codebook_size": 16}, "bottom": {"codebook_size": 512}}},
+    "hier_split_4096_128": {"models": ["hierarchical"], "hierarchical": {"top": {"codebook_size": 4096}, "bottom": {"codebook_size": 128}}},
 }
-"""Variant name -> PairConfig overrides. 'full' = the base config's quantizer (k-means, resets, low-dim)."""
+"""Variant name -> PairConfig overrides on the base config. 'full' = the base config (k-means, resets, code dim 8)."""
 
-
-def code_dim_variants(dims: list[int]) -> dict[str, dict[str, Any]]:
-    """Single-level 'full' variants with other lookup widths (the code-dimension sweep)."""
-    return {f"single_cdim{d}": {"models": ["single"], "single_quantizer": {"codebook_dim": d}} for d in dims}
+EQUAL_TUNING = ("plain", "kmeans_reset", "full", "rotation", "simvq")
+"""Variants trained for both models of the pair."""
 
 
 def seed_overrides(seed: int) -> dict[str, Any]:
@@ -51,77 +83,340 @@ def seed_overrides(seed: int) -> dict[str, Any]:
             "single_quantizer": {"seed": seed}}
 
 
+def photo_folds(n_folds: int, names: list[str] | None = None) -> list[tuple[str, ...]]:
+    """The embedded photos dealt into `n_folds` folds in catalogue order (fold i = names[i::n_folds])."""
+    names = list(EMBEDDED_IMAGES) if names is None else list(names)
+    if not 2 <= n_folds <= len(names):
+        raise ValueError(f"n_folds ({n_folds}) must be in [2, {len(names)}] (the embedded photos)")
+    return [tuple(names[i::n_folds]) for i in range(n_folds)]
+
+
 def study_run_config(base_config: str | Path | None, variant: dict[str, Any], seed: int, name: str, out_dir: str | Path,
-                     overrides: dict[str, Any] | None = None):
-    """The PairConfig of one (variant, seed) run: base YAML <- overrides <- variant <- seed <- name/out_dir."""
+                     overrides: dict[str, Any] | None = None, val_images: tuple[str, ...] | None = None) -> PairConfig:
+    """The PairConfig of one (variant, seed) run: base YAML <- overrides <- variant <- seed (<- fold) <- name/out_dir."""
     extra = deep_merge(deep_merge(variant, seed_overrides(seed)), {"name": f"{name}_s{seed}", "out_dir": str(out_dir)})
+    if val_images is not None:
+        extra = deep_merge(extra, {"data": {"val_images": list(val_images)}})
     return load_pair_config(base_config, deep_merge(overrides or {}, extra))
 
 
-def level_rows(name: str, seed: int, result: dict[str, Any]) -> list[dict[str, Any]]:
+@dataclass
+class StudyPlan:
+    """What the study trains and where it writes."""
+
+    base_config: str | None = "configs/pair_study.yaml"
+    """Base PairConfig YAML (each variant is applied on top of it)."""
+    out_dir: str = "results/image_study"
+    """Tables, figures and copies of each run's small files."""
+    runs_dir: str = "runs/image_study"
+    """Full run folders (weights, checkpoints) of each (variant, seed)."""
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    """Seeds; seed s validates on photo fold s % n_folds."""
+    n_folds: int = 5
+    """Photo folds for cross-validation."""
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    """Variant names (keys of VARIANTS), trained in this order within each seed."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """PairConfig overrides applied to every run (under the variant)."""
+    jobs: int = 1
+    """Runs trained in parallel processes."""
+    threads: int = 1
+    """torch threads per process (1 avoids OpenMP oversubscription on a shared 2-core machine)."""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.variants) - set(VARIANTS))
+        if unknown:
+            raise ValueError(f"StudyPlan.variants: unknown {unknown}; choose from {list(VARIANTS)}")
+        if not self.seeds:
+            raise ValueError("StudyPlan.seeds must not be empty")
+        if self.jobs < 1 or self.threads < 1:
+            raise ValueError(f"StudyPlan.jobs ({self.jobs}) and threads ({self.threads}) must be >= 1")
+        photo_folds(self.n_folds)
+
+    def runs(self) -> list[tuple[str, int, PairConfig]]:
+        """(variant, seed, config) of every run, seed-major so that partial results cover every variant."""
+        folds = photo_folds(self.n_folds)
+        return [(name, seed, study_run_config(self.base_config, VARIANTS[name], seed, name, self.runs_dir,
+                                              self.overrides, folds[seed % self.n_folds]))
+                for seed in self.seeds for name in self.variants]
+
+
+def _train_one(cfg: PairConfig, threads: int, command: str) -> tuple[str, float]:
+    torch.set_num_threads(threads)
+    run_dir = Path(cfg.out_dir) / cfg.name
+    if (run_dir / "metrics.json").is_file():  # finished earlier: resume a study by re-running it
+        return str(run_dir), 0.0
+    t0 = time.perf_counter()
+    run_pair(cfg, command=command)
+    return str(run_dir), time.perf_counter() - t0
+
+
+def train_all(plan: StudyPlan) -> list[tuple[str, int, str]]:
+    """Train every run of `plan` (skipping finished ones); returns (variant, seed, run_dir)."""
+    runs = plan.runs()
+    done: list[tuple[str, int, str]] = []
+    if plan.jobs == 1:
+        for i, (name, seed, cfg) in enumerate(runs):
+            path, secs = _train_one(cfg, plan.threads, f"vqstudy.images.study: variant {name}, seed {seed}")
+            log.info("study run %d/%d %s seed %d: %.0f s", i + 1, len(runs), name, seed, secs)
+            done.append((name, seed, path))
+        return done
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=plan.jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = [(name, seed, pool.submit(_train_one, cfg, plan.threads, f"vqstudy.images.study: variant {name}, seed {seed}"))
+                   for name, seed, cfg in runs]
+        for i, (name, seed, fut) in enumerate(futures):
+            path, secs = fut.result()
+            log.info("study run %d/%d %s seed %d: %.0f s", i + 1, len(runs), name, seed, secs)
+            done.append((name, seed, path))
+    return done
+
+
+# ------------------------------------------------------------------------------------------------ collection
+SMALL_FILES = ("metrics.json", "summary.md", "curves.csv")
+
+
+def collect(done: list[tuple[str, int, str]], out_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(run rows, per-image rows) of finished runs; copies each run's small files to out_dir/runs/<run>/."""
+    run_rows, image_rows = [], []
+    for variant, seed, path in done:
+        run_dir = Path(path)
+        copy = out_dir / "runs" / run_dir.name
+        copy.mkdir(parents=True, exist_ok=True)
+        for name in SMALL_FILES:
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, copy / name)
+        result = json.loads((run_dir / "metrics.json").read_text())
+        for model, res in result["models"].items():
+            (copy / model).mkdir(exist_ok=True)
+            shutil.copy2(run_dir / model / PER_IMAGE, copy / model / PER_IMAGE)
+            ev = res.get("eval", {})
+            row = {"variant": variant, "model": model, "seed": seed, "bits_per_image": res["bits_per_image"],
+                   "params": res["params"]["total"], "train_seconds": res["train_seconds"],
+                   "images_per_second": res["images_per_second"], "levels": res["levels"],
+                   "val_photos": result["config"]["data"]["val_images"]}
+            for key in ("psnr", "psnr_mean_per_image", "ssim", "lpips"):
+                row[key] = ev.get(f"val/{key}", math.nan)
+            for level in res["levels"]:
+                for key in ("utilization", "effective_bits", "dead_fraction", "psnr_drop_if_mean"):
+                    row[f"{level}/{key}"] = ev.get(f"val/{level}/{key}", math.nan)
+            run_rows.append(row)
+            for r in read_per_image(run_dir / model / PER_IMAGE):
+                image_rows.append({"variant": variant, "model": model, "seed": seed, **r})
+    return run_rows, image_rows
+
+
+def classical_rows(plan: StudyPlan, budget_bits: float, lpips_model: torch.nn.Module | None) -> list[dict[str, Any]]:
+    """JPEG and WebP per validation tile of every seed's fold, at the pair's bits per image (payload bits)."""
+    from vqstudy.images.classical import CODECS, code_at_budget
+    from vqstudy.images.data.module import ImageDataModule
+    from vqstudy.images.evaluate import psnr_per_image, ssim_per_image
+
     rows = []
-    for which, res in result["models"].items():
-        val = res["val"]
-        for level in res["levels"]:
-            rows.append(
-                {
-                    "variant": name,
-                    "seed": seed,
-                    "model": which,
-                    "level": level,
-                    "K": res["levels"][level],
-                    "bits_per_image": res["bits_per_image"],
-                    "params": res["params"]["total"],
-                    "utilization": val.get(f"val/{level}/utilization", math.nan),
-                    "effective_bits": val.get(f"val/{level}/effective_bits", math.nan),
-                    "psnr": val.get("val/psnr", math.nan),
-                    "ssim": val.get("val/ssim", math.nan),
-                    "lpips": val.get("val/lpips", math.nan),
-                    "images_per_second": res["images_per_second"],
-                }
-            )
+    first_config: dict[int, PairConfig] = {}
+    for _, seed, cfg in plan.runs():
+        first_config.setdefault(seed, cfg)  # every variant of a seed validates on the same fold
+    for seed, cfg in first_config.items():
+        data = ImageDataModule(cfg.data)
+        data.setup()
+        sources = [t[0] for t in data.val_ds.tiles]
+        for i in range(len(data.val_ds)):
+            target = data.val_ds[i]
+            for codec in CODECS:
+                coded = code_at_budget(target, codec, budget_bits)
+                recon, tgt = coded.image[None], target[None]
+                with torch.no_grad():
+                    lp = float(lpips_model(recon * 2 - 1, tgt * 2 - 1).flatten()[0]) if lpips_model is not None else math.nan
+                rows.append({"variant": codec, "model": codec, "seed": seed, "image": float(i), "source": sources[i],
+                             "psnr": float(psnr_per_image(recon, tgt)[0]), "ssim": float(ssim_per_image(recon, tgt)[0]),
+                             "lpips": lp, "quality": coded.quality, "payload_bits": coded.payload_bits,
+                             "file_bits": coded.file_bits, "fits": coded.fits})
     return rows
 
 
-def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and sample std over seeds per (variant, level)."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault((row["variant"], row["level"]), []).append(row)
+# ------------------------------------------------------------------------------------------------ analysis
+def photo_weighted(rows: list[dict[str, Any]], key: str) -> float:
+    """Mean over (seed, photo) of the per-photo mean of `key` (each validated photo counts once)."""
+    groups: dict[tuple[Any, str], list[float]] = {}
+    for r in rows:
+        if not math.isnan(r[key]):
+            groups.setdefault((r["seed"], r["source"]), []).append(r[key])
+    return statistics.fmean(statistics.fmean(v) for v in groups.values()) if groups else math.nan
+
+
+def table_rows(run_rows: list[dict[str, Any]], image_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (variant, model): photo-weighted per-image metrics, utilization, level use, over seeds."""
+    keys = sorted({(r["variant"], r["model"]) for r in image_rows}, key=lambda k: (k[1] in ("jpeg", "webp"), k))
     out = []
-    for (variant, level), members in groups.items():
-        agg: dict[str, Any] = {"variant": variant, "level": level, "K": members[0]["K"],
-                               "bits_per_image": members[0]["bits_per_image"], "params": members[0]["params"],
-                               "seeds": len(members)}
-        for key in ("utilization", "effective_bits", "psnr", "ssim", "lpips", "images_per_second"):
-            values = [m[key] for m in members if not math.isnan(m[key])]
-            agg[key] = statistics.fmean(values) if values else math.nan
-            agg[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else math.nan
-        out.append(agg)
+    for variant, model in keys:
+        imgs = [r for r in image_rows if (r["variant"], r["model"]) == (variant, model)]
+        runs = [r for r in run_rows if (r["variant"], r["model"]) == (variant, model)]
+        row: dict[str, Any] = {"variant": variant, "model": model, "seeds": len({r["seed"] for r in imgs}),
+                               "images": len(imgs)}
+        for key in ("psnr", "ssim", "lpips"):
+            row[key] = photo_weighted(imgs, key)
+        psnr_by_seed = [photo_weighted([r for r in imgs if r["seed"] == s], "psnr") for s in sorted({r["seed"] for r in imgs})]
+        row["psnr_seed_std"] = statistics.stdev(psnr_by_seed) if len(psnr_by_seed) > 1 else math.nan
+        if runs:
+            row["bits_per_image"] = runs[0]["bits_per_image"]
+            row["params"] = runs[0]["params"]
+            row["levels"] = runs[0]["levels"]
+            for level in runs[0]["levels"]:
+                for key in ("utilization", "psnr_drop_if_mean"):
+                    row[f"{level}/{key}"] = statistics.fmean(r[f"{level}/{key}"] for r in runs)
+            if "top" in runs[0]["levels"]:
+                row["top_unused_share"] = sum(r["top/psnr_drop_if_mean"] < TOP_UNUSED_DB for r in runs) / len(runs)
+        else:
+            row["bits_per_image"] = statistics.fmean(r["payload_bits"] for r in imgs)
+            row["fits_share"] = sum(bool(r["fits"]) for r in imgs) / len(imgs)
+            row["file_bits"] = statistics.fmean(r["file_bits"] for r in imgs)
+            row["quality"] = statistics.fmean(r["quality"] for r in imgs)
+        out.append(row)
     return out
 
 
-def run_study(
-    base_config: str | Path,
-    out_dir: str | Path,
-    seeds: list[int],
-    variants: dict[str, dict[str, Any]],
-    overrides: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Train every (variant, seed); write study.json/study.md; returns the aggregate."""
-    out_dir = Path(out_dir)
+TOP_UNUSED_DB = 0.1
+"""A hierarchical run's top level counts as unused when replacing its codes by their mean costs < this PSNR (dB)."""
+
+
+def comparison_pairs(variants: tuple[str, ...]) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """The (A, B) = ((variant, model), (variant, model)) pairs the study reports."""
+    pairs = []
+    for v in EQUAL_TUNING:
+        if v in variants:
+            pairs.append(((v, "single"), (v, "hierarchical")))  # the paper's question, per fix
+    for model in ("hierarchical", "single"):
+        for v in EQUAL_TUNING[1:]:
+            if v in variants and "plain" in variants:
+                pairs.append(((v, model), ("plain", model)))
+        for v in ("rotation", "simvq", "kmeans_reset"):
+            if v in variants and "full" in variants:
+                pairs.append(((v, model), ("full", model)))
+    if "full" in variants:
+        for v in ("single_cdim4", "single_cdim16", "single_f2"):
+            if v in variants:
+                pairs.append(((v, "single"), ("full", "single")))
+        for v in ("hier_split_16_512", "hier_split_4096_128"):
+            if v in variants:
+                pairs.append(((v, "hierarchical"), ("full", "hierarchical")))
+        for codec in ("jpeg", "webp"):
+            pairs += [(("full", "single"), (codec, codec)), (("full", "hierarchical"), (codec, codec))]
+    return pairs
+
+
+def comparisons(image_rows: list[dict[str, Any]], variants: tuple[str, ...], n_boot: int = 10_000) -> list[dict[str, Any]]:
+    """Paired differences A - B (PSNR dB, SSIM, LPIPS) with bootstrap 95% intervals over photos, and their verdicts."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in image_rows:
+        groups.setdefault((r["variant"], r["model"]), []).append(r)
+    out = []
+    for a, b in comparison_pairs(variants):
+        if a not in groups or b not in groups:
+            continue
+        row: dict[str, Any] = {"A": "/".join(a), "B": "/".join(b)}
+        for key, unit, higher in (("psnr", "dB", True), ("ssim", "", True), ("lpips", "", False)):
+            try:
+                p = paired_difference(groups[a], groups[b], key, n_boot=n_boot)
+            except ValueError:
+                continue
+            row.update({f"{key}_diff": p.mean, f"{key}_low": p.low, f"{key}_high": p.high, "photos": p.n_photos,
+                        "images": p.n_images})
+            row[f"{key}_verdict"] = verdict(p, unit, higher_is_better=higher, margin=0.25 if key == "psnr" else None)
+        out.append(row)
+    return out
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Rows (union of keys, first-seen order) as CSV."""
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def run_study(plan: StudyPlan, command: str = "") -> dict[str, Any]:
+    """Train every run of `plan`, then write the study's tables and figures into plan.out_dir; returns study.json's dict."""
+    from vqstudy.images.evaluate import lpips_model_for
+    from vqstudy.images.plots import plot_learning_curves, plot_study_recon_grid
+
+    out_dir = Path(plan.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    for name, variant in variants.items():
-        for seed in seeds:
-            cfg = study_run_config(base_config, variant, seed, name, out_dir / "runs", overrides)
-            log.info("study: %s seed %d", name, seed)
-            rows += level_rows(name, seed, run_pair(cfg, command=f"vqstudy.images.study.run_study: variant {name}, seed {seed}"))
-    study = {"base_config": str(base_config), "seeds": seeds, "variants": variants, "overrides": overrides or {},
-             "machine": machine_line(), "wall_seconds": time.perf_counter() - t0, "rows": rows, "aggregate": aggregate(rows)}
+    done = train_all(plan)
+    train_seconds = time.perf_counter() - t0
+    run_rows, image_rows = collect(done, out_dir)
+    from vqstudy.images.capacity import bits_per_sample
+
+    base = load_pair_config(plan.base_config, plan.overrides)
+    budget = float(bits_per_sample(base.hierarchical, base.data.crop_size))  # the pair's bits per image
+    lpips_model = lpips_model_for(base.train.lpips)
+    image_rows += classical_rows(plan, budget, lpips_model)
+    table = table_rows(run_rows, image_rows)
+    comps = comparisons(image_rows, plan.variants)
+    write_csv(out_dir / "per_image.csv", image_rows)
+    write_csv(out_dir / "runs.csv", [{k: v for k, v in r.items() if k != "levels"} for r in run_rows])
+    write_csv(out_dir / "comparisons.csv", comps)
+    study = {"command": command, "plan": {k: (list(v) if isinstance(v, tuple) else v) for k, v in plan.__dict__.items()},
+             "folds": photo_folds(plan.n_folds), "budget_bits": budget, "crop_size": base.data.crop_size,
+             "machine": machine_line(), "train_wall_seconds": train_seconds,
+             "wall_seconds": time.perf_counter() - t0, "table": table, "comparisons": comps, "runs": run_rows}
     (out_dir / "study.json").write_text(json.dumps(study, indent=2, default=float))
+    (out_dir / "study.md").write_text(study_markdown(study))
+    plot_learning_curves(done, out_dir / "learning_curves.png")
+    plot_study_recon_grid(plan, done, out_dir / "recon_grid.png", budget)
     return study
+
+
+# ------------------------------------------------------------------------------------------------ report
+def _f(value: Any, digits: int = 2) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def study_markdown(study: dict[str, Any]) -> str:
+    """study.md: setup, the main table, the level use, and every paired comparison with its verdict."""
+    plan = study["plan"]
+    bpp = study["budget_bits"] / study["crop_size"] ** 2
+    lines = [
+        "# Image study: hierarchical vs capacity-matched single-level VQ-VAEs",
+        "",
+        f"Command: `{study['command']}`",
+        "",
+        f"Machine: {study['machine']}. Wall time: {study['wall_seconds'] / 60:.1f} min "
+        f"(training {study['train_wall_seconds'] / 60:.1f} min; {plan['jobs']} process(es) x {plan['threads']} thread(s)).",
+        f"Seeds {plan['seeds']}; seed s validates on photo fold s % {plan['n_folds']} and trains on the other photos "
+        f"(folds: {'; '.join(', '.join(f) for f in study['folds'])}).",
+        f"Rate: {study['budget_bits']:.0f} bits per {study['crop_size']} px crop = {bpp:.3f} bpp for every VQ model "
+        "(except single_f2, the nearest a 32x32 grid allows). JPEG/WebP: quality searched per tile for the largest "
+        "payload (entropy-coded data, headers and tables not counted) within the same bits; whole-file bits are listed too.",
+        "Metrics are per validation tile (64 px), averaged per photo, then over photos (each validated photo counts once).",
+        "",
+        "| variant | model | PSNR (dB) | seed std | SSIM | LPIPS | bits/img | params | utilization (per level) | PSNR drop if level = mean (dB) | top unused |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in study["table"]:
+        levels = list(r.get("levels", {}))
+        util = " / ".join(f"{lv} {_f(r.get(f'{lv}/utilization', math.nan), 3)}" for lv in levels) or "-"
+        drop = " / ".join(f"{lv} {_f(r.get(f'{lv}/psnr_drop_if_mean', math.nan))}" for lv in levels if len(levels) > 1) or "-"
+        unused = _f(r["top_unused_share"]) if "top_unused_share" in r else "-"
+        bits = _f(float(r["bits_per_image"]), 0)
+        if "file_bits" in r:
+            bits += f" payload ({_f(r['file_bits'], 0)} file; q {_f(r['quality'], 0)}; fits {_f(r['fits_share'])})"
+        lines.append(f"| {r['variant']} | {r['model']} | {_f(r['psnr'])} | {_f(r['psnr_seed_std'])} | {_f(r['ssim'], 3)} | "
+                     f"{_f(r['lpips'], 3)} | {bits} | {r.get('params', '-')} | {util} | {drop} | {unused} |")
+    lines += ["", "## Paired comparisons (A - B; bootstrap 95% intervals over validated photos; PSNR 'equivalent' means the interval lies within ±0.25 dB)", "",
+              "| A | B | photos | PSNR | SSIM | LPIPS |", "|---|---|---|---|---|---|"]
+    for c in study["comparisons"]:
+        lines.append(f"| {c['A']} | {c['B']} | {c.get('photos', '-')} | {c.get('psnr_verdict', '-')} | "
+                     f"{c.get('ssim_verdict', '-')} | {c.get('lpips_verdict', '-')} |")
+    return "\n".join(lines) + "\n"
 
 
 def run_throughput(base_config: str | Path, out_dir: str | Path, steps: int, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -130,41 +425,13 @@ def run_throughput(base_config: str | Path, out_dir: str | Path, steps: int, ove
     for backend in ("vqstudy", "vqp"):
         q = {"backend": backend}
         extra = {"name": f"throughput_{backend}", "out_dir": str(Path(out_dir) / "runs"),
-                 "hierarchical": {"top": q, "bottom": q}, "single_quantizer": q,
+                 "hierarchical": {"top": q, "bottom": q},
                  "train": {"max_steps": steps, "val_every": steps, "lpips": False, "rfid": False}}
         cfg = load_pair_config(base_config, deep_merge(overrides or {}, extra))
         result = run_pair(cfg, command=f"vqstudy.images.study.run_throughput: backend {backend}")
         for which, res in result["models"].items():
             rows.append({"model": which, "backend": backend, "images_per_second": res["images_per_second"]})
     return rows
-
-
-def _fmt(mean: float, std: float, digits: int = 3) -> str:
-    if math.isnan(mean):
-        return "n/a"
-    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
-
-
-def study_markdown(study: dict[str, Any], command: str) -> str:
-    lines = [
-        "# Image study: hierarchical vs capacity-matched single-level VQ-VAEs",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Machine: {study['machine']}. Wall time: {study['wall_seconds'] / 60:.1f} min.",
-        f"Seeds: {study['seeds']}; mean ± std over seeds. Validation: held-out whole images (tiles).",
-        "",
-        "| variant | level | K | bits/img | params | utilization | eff. bits/code | PSNR (dB) | SSIM | LPIPS | train img/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for a in study["aggregate"]:
-        lines.append(
-            f"| {a['variant']} | {a['level']} | {a['K']} | {a['bits_per_image']:.0f} | {a['params']} | "
-            f"{_fmt(a['utilization'], a['utilization_std'])} | {_fmt(a['effective_bits'], a['effective_bits_std'], 2)} | "
-            f"{_fmt(a['psnr'], a['psnr_std'], 2)} | {_fmt(a['ssim'], a['ssim_std'])} | {_fmt(a['lpips'], a['lpips_std'])} | "
-            f"{_fmt(a['images_per_second'], math.nan, 1)} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 def throughput_markdown(rows: list[dict[str, Any]], command: str) -> str:
@@ -179,26 +446,5 @@ def throughput_markdown(rows: list[dict[str, Any]], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_study(study: dict[str, Any], out: Path) -> Path:
-    """PSNR against codebook utilization, one marker per variant (error bars over seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for a in study["aggregate"]:
-        label = f"{a['variant']} / {a['level']}"
-        for ax, key in zip(axes, ("utilization", "effective_bits")):
-            ax.errorbar(a[key], a["psnr"], xerr=0 if math.isnan(a[f"{key}_std"]) else a[f"{key}_std"],
-                        yerr=0 if math.isnan(a["psnr_std"]) else a["psnr_std"], fmt="o", capsize=3, label=label)
-    axes[0].set(xlabel="codebook utilization (validation)", ylabel="PSNR (dB)")
-    axes[1].set(xlabel="effective bits per code (log2 perplexity)", ylabel="PSNR (dB)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    if axes[1].get_legend_handles_labels()[0]:
-        axes[1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+__all__ = ["EQUAL_TUNING", "VARIANTS", "Paired", "StudyPlan", "comparisons", "photo_folds", "run_study",
+           "run_throughput", "seed_overrides", "study_markdown", "study_run_config", "table_rows", "throughput_markdown"]
