@@ -1,14 +1,36 @@
-"""Run the bottleneck grid (same as `vqstudy bottleneck`); writes results/bottleneck/ by default.
+"""Run the closed-loop bottleneck grid committed in results/bottleneck_metaworld/ (issue 10).
 
-    python scripts/run_bottleneck.py --config configs/bottleneck_default.yaml [--set key.path=value ...]
+    python scripts/run_bottleneck.py                      # seed 0, the whole grid of configs/policy_grid_metaworld.yaml
+    python scripts/run_bottleneck.py --seed1              # seed 1 on the poorest and best rungs, 4 heads
+    python scripts/run_bottleneck.py --report A B --out results/bottleneck_metaworld   # merge rows, write the report
+
+The old open-loop robosuite study (`vqstudy bottleneck`, results/bottleneck/) is kept as it was.
 """
 
+import argparse
 import sys
+from pathlib import Path
 
 from vqstudy.cli import main
 
+CONFIG = "configs/policy_grid_metaworld.yaml"
+SEED1 = ["--set", "seeds=[1]", "--set", "encoders=[{name: proj2, kind: random_proj, out_dim: 2}, "
+         "{name: state, kind: identity}]", "--set",
+         "heads=[{name: mlp, kind: mlp}, {name: parallel_vq16, kind: parallel, tokenizer: vq16}, "
+         "{name: parallel_vq4096, kind: parallel, tokenizer: vq4096}, "
+         "{name: parallel_vq256, kind: parallel, tokenizer: vq256}]"]
+
 if __name__ == "__main__":
-    argv = sys.argv[1:] or ["--config", "configs/bottleneck_default.yaml"]
-    if not any(a.startswith("out_dir=") for a in argv):
-        argv += ["--set", "out_dir=results/bottleneck"]  # the committed reference; user runs go to runs/
-    sys.exit(main(["bottleneck", *argv]))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed1", action="store_true")
+    parser.add_argument("--report", nargs="+", help="grid folders whose rows.jsonl are merged into --out")
+    parser.add_argument("--out", default="runs/bottleneck_metaworld")
+    args = parser.parse_args()
+    if args.report:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        rows = "".join((Path(d) / "rows.jsonl").read_text() for d in args.report)
+        (out / "rows.jsonl").write_text(rows)
+        sys.exit(main(["policy", "grid", "--config", CONFIG, "--report-only", "--out", str(out)]))
+    extra = SEED1 + ["--out", args.out + "_seed1"] if args.seed1 else ["--out", args.out]
+    sys.exit(main(["policy", "grid", "--config", CONFIG, *extra]))

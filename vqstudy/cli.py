@@ -10,6 +10,9 @@ Config merge order for every subcommand that takes one: dataclass defaults <- YA
     vqstudy actions train|eval|sweep --config configs/actions_vq.yaml [--set k=v] [--checkpoint DIR]
     vqstudy export --checkpoint DIR --out DIR [--id-mode last_n --lm-vocab-size 32000] [--order keep]
     vqstudy bottleneck --config configs/bottleneck_default.yaml
+    vqstudy policy train --config configs/policy_train.yaml [--set head_kind=ar]
+    vqstudy policy eval --policy DIR [--tasks mt10 --n 50 --execute 8] | --source expert|expert-chunks|tokenized
+    vqstudy policy grid --config configs/policy_grid_quick.yaml [--report-only]
     vqstudy data fetch robosuite-demos
     vqstudy assets fetch
     vqstudy bench [--quick] [--out DIR]
@@ -23,6 +26,7 @@ import logging
 import math
 import shlex
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -195,6 +199,47 @@ def cmd_bottleneck(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_policy_train(args: argparse.Namespace) -> int:
+    from vqstudy.policy.learn import load_policy_config, run_train
+
+    overrides = parse_overrides(args.set + ([f"out_dir={args.out}"] if args.out else []))
+    trained, out = run_train(load_policy_config(args.config, overrides))
+    print_table(f"{trained.policy.name}: trained (held-out episodes, open loop)", _metric_rows(trained.metrics))
+    print(f"wrote {out}/")
+    return 0
+
+
+def _policy_source(args: argparse.Namespace) -> Any:
+    from vqstudy.policy.model import LearnedPolicy
+    from vqstudy.policy.source import PolicySource
+
+    return PolicySource(LearnedPolicy.from_pretrained(args.policy), args.execute)
+
+
+def cmd_policy_eval(args: argparse.Namespace) -> int:
+    from vqstudy.sim.commands import cmd_policy_eval as sim_policy_eval
+
+    if args.policy is None and args.execute is not None:
+        raise ValueError("--execute applies to --policy DIR only")
+    return sim_policy_eval(args, builder=_policy_source if args.policy else None)
+
+
+def cmd_policy_grid(args: argparse.Namespace) -> int:
+    from vqstudy.machine import machine_line
+    from vqstudy.policy.closed_report import write_report
+    from vqstudy.policy.grid import load_grid_config, run_grid
+
+    overrides = parse_overrides(args.set + ([f"out_dir={args.out}"] if args.out else []))
+    cfg = load_grid_config(args.config, overrides)
+    start = time.perf_counter()
+    rows = Path(cfg.out_dir) / "rows.jsonl" if args.report_only else run_grid(cfg)
+    header = (f"# {cfg.name}: closed-loop bottleneck grid\n\ncommand: `{_command_line(args.argv)}`\n\n"
+              f"machine: {machine_line()}\n\nwall time of this invocation: {(time.perf_counter() - start) / 60:.1f} min")
+    for path in write_report(rows, cfg.out_dir, cfg.reference_head, header).values():
+        print(f"wrote {path}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------
 # Parser and entry point
 # ------------------------------------------------------------------------------------------------
@@ -262,6 +307,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bottleneck", help="encoder quality x policy head x codebook size grid (arXiv 2604.03191)")
     _add_config_args(p, "head.steps=50 or seeds=[0]")
     p.set_defaults(func=cmd_bottleneck)
+
+    p = sub.add_parser("policy", help="learned Meta-World policies: train | eval | grid (arXiv 2604.03191)")
+    policy_sub = p.add_subparsers(dest="policy_action", required=True)
+    a = policy_sub.add_parser("train", help="behaviour cloning on `vqstudy data make metaworld` demonstrations")
+    _add_config_args(a, "head_kind=flow --set encoder.kind=random_proj")
+    a.add_argument("--out", help="parent folder of the policy folder (sets out_dir; default runs/policy)")
+    a.set_defaults(func=cmd_policy_train)
+    from vqstudy.sim.commands import add_policy_eval_parser
+
+    a = add_policy_eval_parser(policy_sub)
+    a.add_argument("--policy", default=None, help="a policy directory written by `vqstudy policy train` (replaces --source)")
+    a.add_argument("--execute", type=int, default=None, help="with --policy: steps of each chunk executed before "
+                   "re-planning (default: the whole chunk, open loop)")
+    a.set_defaults(func=cmd_policy_eval)
+    a = policy_sub.add_parser("grid", help="encoder rung x head x codebook size x seed, closed loop")
+    _add_config_args(a, "seeds=[0] --set rollout.n=10")
+    a.add_argument("--out", help="output folder (sets out_dir)")
+    a.add_argument("--report-only", action="store_true", help="only rewrite the report from <out_dir>/rows.jsonl")
+    a.set_defaults(func=cmd_policy_grid)
     return parser
 
 
