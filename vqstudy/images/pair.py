@@ -145,6 +145,7 @@ def run_pair(cfg: PairConfig, recon_metrics_factory=None, command: str | None = 
             ev = evaluate(model, loader, lpips_model, sources=image_sources(datamodule.val_ds))
             write_per_image(run_dir / which / PER_IMAGE, ev.rows)
             results["models"][which]["eval"] = ev.metrics
+            results["models"][which]["val"] = {**fit.val, **ev.metrics}  # per-image evaluation of the final weights
     if D.rank() != 0:  # under multi-process DDP every rank runs this function; rank 0 writes the outputs
         return results
     write_curves(run_dir, cfg.models)

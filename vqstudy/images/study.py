@@ -147,7 +147,7 @@ def _train_one(cfg: PairConfig, threads: int, command: str) -> tuple[str, float]
     if (run_dir / "metrics.json").is_file():  # finished earlier: resume a study by re-running it
         return str(run_dir), 0.0
     t0 = time.perf_counter()
-    run_pair(cfg, command=command)
+    run_pair(cfg, recon_metrics_factory=lambda: None, command=command)  # evaluate() computes PSNR/SSIM/LPIPS once, per image
     return str(run_dir), time.perf_counter() - t0
 
 
@@ -398,7 +398,7 @@ def study_markdown(study: dict[str, Any]) -> str:
         "payload (entropy-coded data, headers and tables not counted) within the same bits; whole-file bits are listed too.",
         "Metrics are per validation tile (64 px), averaged per photo, then over photos (each validated photo counts once).",
         "",
-        "| variant | model | PSNR (dB) | seed std | SSIM | LPIPS | bits/img | params | utilization (per level) | PSNR drop if level = mean (dB) | top unused |",
+        "| variant | model | PSNR (dB) | std over seeds (folds) | SSIM | LPIPS | bits/img | params | utilization (per level) | PSNR drop if level = mean (dB) | top unused |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in study["table"]:
