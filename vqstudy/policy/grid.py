@@ -170,7 +170,7 @@ def run_grid(cfg: GridConfig, on_row: Any = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / "rows.jsonl"
     done = _done(rows_path)
-    tasks = resolve_tasks(cfg.rollout.tasks)
+    tasks = resolve_tasks(",".join(cfg.rollout.tasks))  # 'mt10' and task names alike
     data_cfg = cfg.data if cfg.data.tasks is not None else PolicyDataConfig(**{**to_dict(cfg.data), "tasks": tasks})
     data = data_cfg.load()
     env_cache: dict[str, list] = {}
