@@ -2,7 +2,7 @@
 closed-loop success on held-out initial states, expert chunks executed open loop (H=8), and the same
 chunks through a 256-uniform-bins ActionTokenizer fitted on the demonstrations' actions.
 
-python scripts/sim_sanity.py --out results/sim            # ~8 min on the 2-core CPU (MT10 x 50 + 3 x MT10 x 50 rollouts)
+python scripts/sim_sanity.py --out results/sim   # 13.4 min wall / 7.1 CPU-min on the shared 2-core CPU (load ~6)
 python scripts/sim_sanity.py --tasks reach-v3,push-v3 --episodes 4 --n 4 --out runs/sim/smoke   # a quick smoke run
 """
 
