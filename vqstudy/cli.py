@@ -14,6 +14,7 @@ Config merge order for every subcommand that takes one: dataclass defaults <- YA
     vqstudy policy eval --policy DIR [--tasks mt10 --n 50 --execute 8] | --source expert|expert-chunks|tokenized
     vqstudy policy grid --config configs/policy_grid_quick.yaml [--report-only]
     vqstudy data fetch robosuite-demos
+    vqstudy data make metaworld --tasks mt10 --episodes 50 --seed 0 --out DIR
     vqstudy assets fetch
     vqstudy bench [--quick] [--out DIR]
 """
@@ -277,12 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_assets)
 
-    p = sub.add_parser("data", help="data sets: `vqstudy data fetch robosuite-demos`")
+    p = sub.add_parser("data", help="data sets: `vqstudy data fetch robosuite-demos`, `vqstudy data make metaworld`")
     data_sub = p.add_subparsers(dest="data_action", required=True)
     d = data_sub.add_parser("fetch", help="fetch embedded data")
     d.add_argument("dataset", choices=["robosuite-demos"])
     d.add_argument("--cache-dir", default=None)
     d.set_defaults(func=cmd_data)
+    from vqstudy.sim.commands import add_data_make_parser  # cheap: vqstudy.sim imports Meta-World lazily
+
+    add_data_make_parser(data_sub)
 
     p = sub.add_parser("actions", help="action-chunk tokenizers: train | eval | sweep")
     actions_sub = p.add_subparsers(dest="action", required=True)
