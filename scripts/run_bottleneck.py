@@ -1,7 +1,7 @@
 """Run the closed-loop bottleneck grid committed in results/bottleneck_metaworld/ (issue 10).
 
     python scripts/run_bottleneck.py                      # seed 0, the whole grid of configs/policy_grid_metaworld.yaml
-    python scripts/run_bottleneck.py --seed1              # seed 1 on the poorest and best rungs, 4 heads
+    python scripts/run_bottleneck.py --ends-seed 1        # seed 1 on the poorest and best rungs, 4 heads (also 2)
     python scripts/run_bottleneck.py --report A B --out results/bottleneck_metaworld   # merge rows, write the report
 
 The old open-loop robosuite study (`vqstudy bottleneck`, results/bottleneck/) is kept as it was.
@@ -14,7 +14,7 @@ from pathlib import Path
 from vqstudy.cli import main
 
 CONFIG = "configs/policy_grid_metaworld.yaml"
-SEED1 = ["--set", "seeds=[1]", "--set", "encoders=[{name: proj2, kind: random_proj, out_dim: 2}, "
+ENDS = ["--set", "encoders=[{name: proj2, kind: random_proj, out_dim: 2}, "
          "{name: state, kind: identity}]", "--set",
          "heads=[{name: mlp, kind: mlp}, {name: parallel_vq16, kind: parallel, tokenizer: vq16}, "
          "{name: parallel_vq4096, kind: parallel, tokenizer: vq4096}, "
@@ -22,7 +22,7 @@ SEED1 = ["--set", "seeds=[1]", "--set", "encoders=[{name: proj2, kind: random_pr
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed1", action="store_true")
+    parser.add_argument("--ends-seed", type=int, default=None, help="run only the ends of the ladder, 4 heads, this seed")
     parser.add_argument("--report", nargs="+", help="grid folders whose rows.jsonl are merged into --out")
     parser.add_argument("--out", default="runs/bottleneck_metaworld")
     args = parser.parse_args()
@@ -32,5 +32,8 @@ if __name__ == "__main__":
         rows = "".join((Path(d) / "rows.jsonl").read_text() for d in args.report)
         (out / "rows.jsonl").write_text(rows)
         sys.exit(main(["policy", "grid", "--config", CONFIG, "--report-only", "--out", str(out)]))
-    extra = SEED1 + ["--out", args.out + "_seed1"] if args.seed1 else ["--out", args.out]
+    if args.ends_seed is not None:
+        extra = ["--set", f"seeds=[{args.ends_seed}]", *ENDS, "--out", f"{args.out}_seed{args.ends_seed}"]
+    else:
+        extra = ["--out", args.out]
     sys.exit(main(["policy", "grid", "--config", CONFIG, *extra]))
