@@ -23,17 +23,9 @@ from vqstudy.policy.heads import AutoregressiveHead, FlowHead, HeadConfig, train
 from vqstudy.policy.learn import encoder_quality, train_policy
 from vqstudy.policy.model import LearnedPolicy
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster on a busy 2-core CPU
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = HeadConfig(hidden=16, layers=1, token_dim=4, steps=5, batch_size=8, flow_steps=2, ar_dim=4)
-
-
-@pytest.fixture
-def one_thread():
-    """These models are tiny: on a shared 2-core machine two threads run them several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_data(n_episodes: int = 6, length: int = 12, horizon: int = 4, seed: int = 0) -> DemoData:
@@ -106,7 +98,7 @@ def test_new_heads_give_every_parameter_a_gradient(kind):
     assert not missing
 
 
-def test_flow_head_learns_a_conditional_mapping(one_thread):
+def test_flow_head_learns_a_conditional_mapping():
     torch.manual_seed(0)
     cfg = HeadConfig(hidden=32, layers=1, steps=200, batch_size=32, lr=3e-3, flow_steps=4)
     x = torch.randn(256, 3)
@@ -251,3 +243,16 @@ def test_policy_train_command(quick_demos, tmp_path, capsys):
     policy = LearnedPolicy.from_pretrained(tmp_path / "state_mlp")
     assert policy.head_kind == "parallel" and policy.tokenizer.vocab_size == 16
     assert main(["policy", "eval", "--source", "expert", "--execute", "2", "--tasks", "reach-v3", "--n", "1"]) == 2
+
+
+def test_fsq_tokenizer_heads_train_and_act():
+    from vqstudy.policy.config import TokenizerSpec
+    from vqstudy.policy.learn import fit_action_tokenizer, fit_normalizer
+
+    data = tiny_data()
+    spec = TokenizerSpec("fsq9", "fsq", levels=[3, 3], num_tokens=2, latent_dim=4, hidden=16, steps=3, batch_size=8)
+    tok = fit_action_tokenizer(spec, data.train.chunks, fit_normalizer(data.train.chunks))
+    for kind in ("parallel", "ar"):
+        policy = train_policy(data, EncoderSpec("state", "identity"), kind, TINY, tokenizer=tok).policy
+        assert policy.tokenizer.vocab_size == 9
+        assert policy.act(data.val.obs[:3].numpy(), ["reach-v3"] * 3).shape == (3, data.horizon, 4)
