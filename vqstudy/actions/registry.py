@@ -6,12 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from vqstudy.actions.baselines import FSQTokenizer, ResidualVQTokenizer, UniformBinTokenizer
+from vqstudy.actions.fast import FastTokenizer
 from vqstudy.actions.tokenizers import ActionVQVAE, ChunkTokenizer, HierarchicalActionVQVAE
 from vqstudy.config import from_dict
 
 TOKENIZER_KINDS: dict[str, type[ChunkTokenizer]] = {
     cls.kind: cls
-    for cls in (ActionVQVAE, HierarchicalActionVQVAE, UniformBinTokenizer, FSQTokenizer, ResidualVQTokenizer)
+    for cls in (ActionVQVAE, HierarchicalActionVQVAE, UniformBinTokenizer, FSQTokenizer, ResidualVQTokenizer,
+                FastTokenizer)
 }
 """The only tokenizer classes `from_pretrained` will build, by saved kind."""
 
