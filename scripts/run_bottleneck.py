@@ -3,15 +3,19 @@
     python scripts/run_bottleneck.py                      # seed 0, the whole grid of configs/policy_grid_metaworld.yaml
     python scripts/run_bottleneck.py --ends-seed 1        # seed 1 on the poorest and best rungs, 4 heads (also 2)
     python scripts/run_bottleneck.py --report A B --out results/bottleneck_metaworld   # merge rows, write the report
+    vqstudy policy grid --config configs/policy_grid_metaworld.yaml --set seeds=[0] --set encoders=[...] \
+        --set heads=[...] --out DIR                       # any other slice of the grid, merged the same way
 
 The old open-loop robosuite study (`vqstudy bottleneck`, results/bottleneck/) is kept as it was.
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from vqstudy.cli import main
+from vqstudy.policy.grid import load_grid_config
 
 CONFIG = "configs/policy_grid_metaworld.yaml"
 ENDS = ["--set", "encoders=[{name: proj2, kind: random_proj, out_dim: 2}, "
@@ -29,8 +33,16 @@ if __name__ == "__main__":
     if args.report:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        rows = "".join((Path(d) / "rows.jsonl").read_text() for d in args.report)
-        (out / "rows.jsonl").write_text(rows)
+        ladder = [e.name for e in load_grid_config(CONFIG).encoders]
+        rows, seen = [], set()
+        for d in args.report:  # the first folder's row wins when two ran the same (seed, rung, head)
+            for line in (Path(d) / "rows.jsonl").read_text().splitlines():
+                row = json.loads(line)
+                key = (row["seed"], row["encoder"], row["head"])
+                if key not in seen:
+                    seen.add(key)
+                    rows.append(json.dumps({**row, "rung": ladder.index(row["encoder"])}))  # index in the full ladder
+        (out / "rows.jsonl").write_text("\n".join(rows) + "\n")
         sys.exit(main(["policy", "grid", "--config", CONFIG, "--report-only", "--out", str(out)]))
     if args.ends_seed is not None:
         extra = ["--set", f"seeds=[{args.ends_seed}]", *ENDS, "--out", f"{args.out}_seed{args.ends_seed}"]

@@ -133,6 +133,13 @@ def check_claims(rows: Sequence[dict[str, Any]], reference_head: str, margin: fl
                        "estimate": x["lift"], "low": x["low"], "high": x["high"], "cells": x["cells"],
                        "answer": verdict(x["low"], x["high"], margin),
                        "what": f"success({x['best']}) - success({x['worst']})"})
+    if not any(h in CONTINUOUS for h in lf):
+        claims.append({"claim": "1. continuous head: a better encoder lifts success", "estimate": float("nan"),
+                       "low": float("nan"), "high": float("nan"), "cells": 0, "answer": "inconclusive (not run)",
+                       "what": "no continuous head on two rungs"})
+        claims.append({"claim": f"2. fixed codebook: '{reference_head}' lifts less than a continuous head",
+                       "estimate": float("nan"), "low": float("nan"), "high": float("nan"), "cells": 0,
+                       "answer": "inconclusive (not run)", "what": "no continuous head on two rungs"})
     ref = lf.get(reference_head)
     for head in [h for h in lf if h in CONTINUOUS]:
         if ref is None:
@@ -217,6 +224,20 @@ def tables(agg: Sequence[dict[str, Any]], lf: dict[str, dict[str, Any]], claims:
     return "\n".join(lines) + "\n"
 
 
+def per_task_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Successes / rollouts per task (pooled over seeds), one row per (head, encoder)."""
+    tasks = list(dict.fromkeys(t for r in rows for t in r["tasks"]))
+    lines = ["| head | encoder | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+    for head in head_names(rows):
+        for enc in rung_names(rows):
+            sel = [r for r in rows if r["head"] == head and r["encoder"] == enc]
+            if sel:
+                cells = [f"{sum(r['tasks'][t][0] for r in sel if t in r['tasks'])}/"
+                         f"{sum(r['tasks'][t][1] for r in sel if t in r['tasks'])}" for t in tasks]
+                lines.append(f"| {head} | {enc} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def throughput(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Env steps per second and the simulator's share of rollout time, over the whole grid."""
     steps = sum(r["timing"]["env_steps"] for r in rows)
@@ -243,7 +264,8 @@ def write_report(rows_path: str | Path, out_dir: str | Path, reference_head: str
         f"\n## Rollout throughput\n\n{tp['env_steps']} env steps in {tp['rollout_seconds']:.0f} s of rollouts: "
         f"**{tp['env_steps_per_s']:.0f} env steps/s** with batched inference, simulator step "
         f"**{tp['sim_fraction']:.0%}** of rollout time (target >= 50%). Training: {tp['train_seconds']:.0f} s of "
-        f"heads, {tp['tokenizer_seconds']:.0f} s of tokenizers.\n")
+        f"heads, {tp['tokenizer_seconds']:.0f} s of tokenizers.\n"
+        f"\n## Per task (successes / rollouts, pooled over seeds)\n\n{per_task_table(rows)}")
     paths = {"md": out / "results.md", "json": out / "results.json", "png": out / "success_vs_encoder.png"}
     write_atomic(paths["md"], text.encode())
     lf_json = {h: {k: v for k, v in x.items() if k != "diffs"} for h, x in lf.items()}
