@@ -176,8 +176,9 @@ def run_grid(cfg: GridConfig, on_row: Any = None) -> Path:
     env_cache: dict[str, list] = {}
     specs = {t.name: t for t in cfg.tokenizers}
     for seed in cfg.seeds:
-        ladder = [cfg.encoders[0], cfg.encoders[-1], *cfg.encoders[1:-1]]  # the lift's two ends first
-        todo = [(e, h) for e in ladder for h in cfg.heads
+        ends = (cfg.encoders[0], cfg.encoders[-1])  # the lift's two ends first, head by head, then the middle
+        order = [(e, h) for h in cfg.heads for e in ends] + [(e, h) for e in cfg.encoders[1:-1] for h in cfg.heads]
+        todo = [(e, h) for e, h in order
                 if (h.rungs is None or e.name in h.rungs) and (seed, e.name, h.name) not in done]
         if not todo:
             continue
