@@ -91,3 +91,26 @@ def test_phase_adaptive_tolerance_from_measured_hand_speed():
     assert torch.equal(spec.ids[1:], greedy_decode(ToyAR(0), cond)[0][1:])  # fine-phase rows: exact greedy
     with pytest.raises(ValueError, match="39"):
         hand_speed(torch.zeros(2, 4))
+
+
+class ToyParallel(nn.Module):
+    """Every position's logits from the condition alone, in one pass."""
+
+    vocab_size, num_tokens = K, L
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.w = torch.randn(C, L * K, generator=torch.Generator().manual_seed(seed))
+
+    def forward(self, cond):
+        return (cond @ self.w).reshape(len(cond), L, K)
+
+
+def test_parallel_draft_takes_one_pass_per_round_and_r0_is_still_greedy():
+    target, draft = ToyAR(0), ToyParallel(3)
+    cond = torch.randn(16, C)
+    spec = speculative_decode(target, draft, cond, gamma=3, r=0)
+    assert torch.equal(spec.ids, greedy_decode(target, cond)[0])
+    assert spec.draft_passes == spec.target_passes  # one draft pass per verification round
+    loose = speculative_decode(target, draft, cond, gamma=3, r=K)
+    assert torch.equal(loose.ids[:, :3], draft(cond)[:, :3].argmax(-1))  # every drafted id accepted

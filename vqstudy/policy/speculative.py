@@ -21,6 +21,18 @@ from torch import Tensor
 
 
 @runtime_checkable
+class ParallelDraft(Protocol):
+    """A Medusa-style draft (arXiv 2401.10774): all L ids of a chunk from the condition in one pass, no prefix."""
+
+    vocab_size: int
+    num_tokens: int
+
+    def forward(self, cond: Tensor) -> Tensor:
+        """cond (B, C) -> (B, L, K) logits of every position."""
+        ...
+
+
+@runtime_checkable
 class TokenModel(Protocol):
     """An autoregressive model over the L ids of one action chunk, conditioned on a vector."""
 
@@ -68,9 +80,10 @@ def check_rank(rank: Tensor, vocab_size: int) -> Tensor:
 
 
 @torch.no_grad()
-def speculative_decode(target: TokenModel, draft: TokenModel, cond: Tensor, gamma: int, r: int | Tensor = 0,
+def speculative_decode(target: TokenModel, draft: TokenModel | ParallelDraft, cond: Tensor, gamma: int, r: int | Tensor = 0,
                        rank: Tensor | None = None, draft_cond: Tensor | None = None) -> SpecResult:
-    """Decode (B, L) ids: the draft proposes `gamma` ids, one target pass verifies them.
+    """Decode (B, L) ids: the draft proposes `gamma` ids (g autoregressive passes, or one pass of a parallel
+    draft), one target pass verifies them.
 
     A draft id d at a position is accepted when |rank[d] - rank[t]| <= r, t the target's greedy id there
     given the same prefix; decoding continues from the accepted prefix plus the target's id at the first
@@ -101,11 +114,15 @@ def speculative_decode(target: TokenModel, draft: TokenModel, cond: Tensor, gamm
         rows = live[filled[live] == n]
         g = min(gamma, length - n)
         prefix = out[rows, :n]  # (R, n)
-        proposal = prefix
-        for _ in range(g):  # draft: g cheap greedy passes
-            nxt = draft.logits(draft_cond[rows], proposal)[:, -1].argmax(-1)
-            proposal = torch.cat([proposal, nxt[:, None]], dim=1)
-        draft_passes += g
+        if isinstance(draft, TokenModel):
+            proposal = prefix
+            for _ in range(g):  # autoregressive draft: g cheap greedy passes
+                nxt = draft.logits(draft_cond[rows], proposal)[:, -1].argmax(-1)
+                proposal = torch.cat([proposal, nxt[:, None]], dim=1)
+            draft_passes += g
+        else:  # parallel draft: one pass proposes positions n..n+g-1 (it does not see the prefix)
+            proposal = torch.cat([prefix, draft(draft_cond[rows])[:, n : n + g].argmax(-1)], dim=1)
+            draft_passes += 1
         scores = target.logits(cond[rows], proposal[:, : n + g - (1 if n + g == length else 0)])  # one pass
         target_passes += 1
         target_ids = scores[:, n:].argmax(-1)  # (R, g) or (R, g + 1): target's id at each drafted position

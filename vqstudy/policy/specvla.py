@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -70,8 +70,11 @@ class SpecVLAConfig:
     """Uniform bins per action dimension of the ordered reference tokenizer (0: leave it out)."""
     target: HeadConfig = field(default_factory=lambda: HeadConfig(hidden=256, layers=2, steps=400))
     """Target autoregressive head (the bottleneck study's default head size)."""
-    draft: HeadConfig = field(default_factory=lambda: HeadConfig(hidden=64, layers=1, steps=400))
-    """Draft autoregressive head (cheaper: narrower, one layer)."""
+    draft: HeadConfig = field(default_factory=lambda: HeadConfig(hidden=128, layers=2, steps=400))
+    """Draft head (cheaper than the target: see draft_kind)."""
+    draft_kind: Literal["parallel", "ar"] = "parallel"
+    """'parallel': a Medusa-style head predicting all L ids from the observation in one pass (one draft pass per
+    round); 'ar': a smaller autoregressive head (gamma draft passes per round)."""
     gamma: int = 4
     """Draft ids proposed per verification."""
     rs: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8])
@@ -96,6 +99,8 @@ class SpecVLAConfig:
     """torch threads (1: these small models run fastest single-threaded on a shared CPU)."""
 
     def __post_init__(self) -> None:
+        if self.draft_kind not in ("parallel", "ar"):
+            raise ValueError(f"SpecVLAConfig.draft_kind ({self.draft_kind!r}) must be 'parallel' or 'ar'")
         if self.gamma < 1:
             raise ValueError(f"SpecVLAConfig.gamma ({self.gamma}) must be >= 1")
         if any(r < 0 for r in self.rs) or not self.rs:
@@ -112,7 +117,8 @@ def load_specvla_config(path: str | Path | None = None, overrides: dict[str, Any
 
 
 class SpecPair:
-    """A target policy (`LearnedPolicy` with an autoregressive head) and a draft head over the same ids."""
+    """A target policy (`LearnedPolicy` with an autoregressive head) and a draft policy (parallel or autoregressive
+    head) over the same ids, both on the full state."""
 
     def __init__(self, name: str, target: LearnedPolicy, draft: LearnedPolicy) -> None:
         self.name, self.target, self.draft = name, target.eval(), draft.eval()
@@ -177,7 +183,7 @@ def train_pair(data: DemoData, tokenizer_kind: str, cfg: SpecVLAConfig) -> SpecP
         tokenizer, name = ActionTokenizer(tok, normalizer), f"bins{cfg.bins}"
     encoder = EncoderSpec("state", "identity")
     target = train_policy(data, encoder, "ar", cfg.target, cfg.seed, tokenizer, normalizer).policy
-    draft = train_policy(data, encoder, "ar", cfg.draft, cfg.seed + 1, tokenizer, normalizer).policy
+    draft = train_policy(data, encoder, cfg.draft_kind, cfg.draft, cfg.seed + 1, tokenizer, normalizer).policy
     return SpecPair(name, target, draft)
 
 
@@ -291,8 +297,9 @@ def markdown(study: dict[str, Any]) -> str:
         "# Spec-VLA in closed loop: relaxed acceptance of drafted action ids (arXiv 2507.22424)", "",
         f"Command: `{study['command']}`", "", f"Machine: {study['machine']}. Wall time {study['wall_seconds'] / 60:.1f} min"
         + (" (partial: still running)" if study["partial"] else "") + ".", "",
-        f"Target: autoregressive head (hidden {cfg['target']['hidden']}, {cfg['target']['layers']} layers); draft: hidden "
-        f"{cfg['draft']['hidden']}, {cfg['draft']['layers']} layer; gamma = {cfg['gamma']} drafted ids per target pass. "
+        f"Target: autoregressive head (hidden {cfg['target']['hidden']}, {cfg['target']['layers']} layers); draft: "
+        f"{cfg['draft_kind']} head (hidden {cfg['draft']['hidden']}, {cfg['draft']['layers']} layers); gamma = "
+        f"{cfg['gamma']} drafted ids per target pass. "
         f"Closed loop: {cfg['n']} held-out initial states per task, max {cfg['max_steps']} steps. Speedup = median greedy "
         f"decode time / median speculative decode time per chunk at batch 1 on {cfg['timing_samples']} held-out "
         "observations (wall time, same run); passes = L / target passes per chunk. Adaptive: r = "
