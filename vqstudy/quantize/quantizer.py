@@ -65,7 +65,9 @@ class Quantizer(nn.Module):
             codebook = F.normalize(codebook, dim=-1)
         self.codebook_transform: nn.Module | None = None
         if cfg.simvq:  # frozen C (a buffer, never written), learned W: codes = C W (arXiv 2411.02038)
-            self.register_buffer("codebook", codebook)
+            # C ~ N(0, 1/d) as in the paper: unit-norm codes near the encoder outputs; N(0, 1) codes (norm ~ sqrt(d))
+            # all lie far from the data, the nearest one is the shortest, and every vector picks it (total collapse).
+            self.register_buffer("codebook", codebook * d**-0.5)
             self.codebook_transform = nn.Linear(d, d, bias=False)
             with torch.no_grad():
                 self.codebook_transform.weight.copy_(torch.eye(d))  # starts at codes = C, like the plain random init
