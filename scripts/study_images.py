@@ -4,7 +4,8 @@ python scripts/study_images.py --config configs/pair_study.yaml --out results/im
 python scripts/study_images.py --config configs/pair_study_quick.yaml --out runs/study_quick --seeds 0 1 --variants full simvq
 python scripts/study_images.py --config configs/pair_study.yaml --throughput-only --out results/image_study
 
-Runs already finished under --runs-dir are reused, so an interrupted study resumes where it stopped.
+Runs already finished under --runs-dir are reused, so an interrupted study resumes where it stopped;
+--collect-only analyses whatever finished (a (variant, seed) without a run is left out and the table counts seeds).
 """
 
 import argparse
@@ -27,6 +28,8 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"subset of {list(VARIANTS)}")
     p.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--collect-only", action="store_true", help="train nothing; analyse the finished runs under --runs-dir")
+    p.add_argument("--classical-only", action="store_true", help="only code the validation tiles of every fold with JPEG/WebP (cached for the study)")
     p.add_argument("--throughput-only", action="store_true", help="only compare training img/s with the vqp backend")
     p.add_argument("--throughput-steps", type=int, default=60, help="training steps per model for --throughput-only")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -42,7 +45,16 @@ def main(argv=None) -> int:
         return 0
     plan = StudyPlan(base_config=args.config, out_dir=str(out), runs_dir=args.runs_dir or str(Path("runs") / out.name),
                      seeds=tuple(args.seeds), n_folds=args.folds, variants=tuple(args.variants), overrides=overrides,
-                     jobs=args.jobs, threads=args.threads)
+                     jobs=args.jobs, threads=args.threads, train=not args.collect_only)
+    if args.classical_only:
+        from vqstudy.images.capacity import bits_per_sample
+        from vqstudy.images.evaluate import lpips_model_for
+        from vqstudy.images.pair import load_pair_config
+        from vqstudy.images.study import cached_classical_rows
+
+        base = load_pair_config(args.config, overrides)
+        cached_classical_rows(plan, float(bits_per_sample(base.hierarchical, base.data.crop_size)), lpips_model_for(base.train.lpips))
+        return 0
     run_study(plan, command=command)
     print((out / "study.md").read_text())
     return 0

@@ -318,3 +318,12 @@ def test_simvq_and_rotation_trick_configs_are_validated():
     QuantizerConfig(simvq=True, update="grad", kmeans_init=False, dead_code_reset=False)
     with pytest.raises(ValueError, match="backend='vqstudy'"):
         QuantizerConfig(rotation_trick=True, backend="vqp")
+
+
+def test_simvq_codes_start_near_unit_norm_so_they_are_not_all_far_from_the_data():
+    q = Quantizer(dim=64, codebook_size=256, simvq=True, update="grad", kmeans_init=False, dead_code_reset=False).eval()
+    norms = q.codebook_vectors().detach().norm(dim=1)
+    assert 0.7 < float(norms.mean()) < 1.3  # C ~ N(0, 1/d), W = I: |c| ~ 1, not sqrt(64) = 8
+    with torch.no_grad():
+        used = q(0.5 * torch.randn(4096, 64)).indices.unique().numel()
+    assert used > 64  # inputs of norm ~4 spread over many codes at initialisation (not one code for all)

@@ -122,6 +122,8 @@ class StudyPlan:
     """Runs trained in parallel processes."""
     threads: int = 1
     """torch threads per process (1 avoids OpenMP oversubscription on a shared 2-core machine)."""
+    train: bool = True
+    """False: train nothing, analyse the finished runs found under runs_dir (a (variant, seed) without one is left out)."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.variants) - set(VARIANTS))
@@ -155,6 +157,10 @@ def train_all(plan: StudyPlan) -> list[tuple[str, int, str]]:
     """Train every run of `plan` (skipping finished ones); returns (variant, seed, run_dir)."""
     runs = plan.runs()
     done: list[tuple[str, int, str]] = []
+    if not plan.train:
+        finished = [(n, s, str(Path(c.out_dir) / c.name)) for n, s, c in runs if (Path(c.out_dir) / c.name / "metrics.json").is_file()]
+        log.info("study: analysing %d finished runs of %d planned", len(finished), len(runs))
+        return finished
     if plan.jobs == 1:
         for i, (name, seed, cfg) in enumerate(runs):
             path, secs = _train_one(cfg, plan.threads, f"vqstudy.images.study: variant {name}, seed {seed}")
@@ -222,17 +228,42 @@ def classical_rows(plan: StudyPlan, budget_bits: float, lpips_model: torch.nn.Mo
         data = ImageDataModule(cfg.data)
         data.setup()
         sources = [t[0] for t in data.val_ds.tiles]
-        for i in range(len(data.val_ds)):
-            target = data.val_ds[i]
-            for codec in CODECS:
-                coded = code_at_budget(target, codec, budget_bits)
-                recon, tgt = coded.image[None], target[None]
+        targets = torch.stack([data.val_ds[i] for i in range(len(data.val_ds))])  # (N, 3, c, c)
+        for codec in CODECS:
+            coded = [code_at_budget(t, codec, budget_bits) for t in targets]
+            recon = torch.stack([c.image for c in coded])  # (N, 3, c, c)
+            psnr, ssim = psnr_per_image(recon, targets), ssim_per_image(recon, targets)
+            lp = torch.full((len(coded),), math.nan)
+            if lpips_model is not None:
                 with torch.no_grad():
-                    lp = float(lpips_model(recon * 2 - 1, tgt * 2 - 1).flatten()[0]) if lpips_model is not None else math.nan
+                    lp = torch.cat([lpips_model(recon[i:i + 64] * 2 - 1, targets[i:i + 64] * 2 - 1).flatten()
+                                    for i in range(0, len(coded), 64)])
+            for i, c in enumerate(coded):
                 rows.append({"variant": codec, "model": codec, "seed": seed, "image": float(i), "source": sources[i],
-                             "psnr": float(psnr_per_image(recon, tgt)[0]), "ssim": float(ssim_per_image(recon, tgt)[0]),
-                             "lpips": lp, "quality": coded.quality, "payload_bits": coded.payload_bits,
-                             "file_bits": coded.file_bits, "fits": coded.fits})
+                             "psnr": float(psnr[i]), "ssim": float(ssim[i]), "lpips": float(lp[i]), "quality": c.quality,
+                             "payload_bits": c.payload_bits, "file_bits": c.file_bits, "fits": c.fits})
+    return rows
+
+
+CLASSICAL = "classical_per_image.csv"
+"""The JPEG/WebP rows of a study, kept in its out_dir: they depend only on the folds, the crop and the budget."""
+
+
+def cached_classical_rows(plan: StudyPlan, budget_bits: float, lpips_model: torch.nn.Module | None) -> list[dict[str, Any]]:
+    """`classical_rows`, read back from <out_dir>/classical_per_image.csv when it holds every seed at this budget."""
+    path = Path(plan.out_dir) / CLASSICAL
+    if path.is_file():
+        with open(path) as f:
+            rows = [{k: (v if k in ("variant", "model", "source") else (v == "True" if k == "fits" else float(v)))
+                     for k, v in r.items()} for r in csv.DictReader(f)]
+        for r in rows:
+            r["seed"] = int(r["seed"])
+        if {r["seed"] for r in rows} >= set(plan.seeds) and rows and rows[0].get("budget_bits") == budget_bits:
+            log.info("study: JPEG/WebP rows read from %s", path)
+            return [r for r in rows if r["seed"] in plan.seeds]
+    rows = [{**r, "budget_bits": budget_bits} for r in classical_rows(plan, budget_bits, lpips_model)]
+    Path(plan.out_dir).mkdir(parents=True, exist_ok=True)
+    write_csv(path, rows)
     return rows
 
 
@@ -356,7 +387,9 @@ def run_study(plan: StudyPlan, command: str = "") -> dict[str, Any]:
     base = load_pair_config(plan.base_config, plan.overrides)
     budget = float(bits_per_sample(base.hierarchical, base.data.crop_size))  # the pair's bits per image
     lpips_model = lpips_model_for(base.train.lpips)
-    image_rows += classical_rows(plan, budget, lpips_model)
+    log.info("study: collected %d runs (%.0f s); coding the validation tiles with JPEG/WebP", len(done), time.perf_counter() - t0)
+    image_rows += cached_classical_rows(plan, budget, lpips_model)
+    log.info("study: classical reference done (%.0f s); paired comparisons", time.perf_counter() - t0)
     table = table_rows(run_rows, image_rows)
     comps = comparisons(image_rows, plan.variants)
     write_csv(out_dir / "per_image.csv", image_rows)
@@ -398,8 +431,8 @@ def study_markdown(study: dict[str, Any]) -> str:
         "payload (entropy-coded data, headers and tables not counted) within the same bits; whole-file bits are listed too.",
         "Metrics are per validation tile (64 px), averaged per photo, then over photos (each validated photo counts once).",
         "",
-        "| variant | model | PSNR (dB) | std over seeds (folds) | SSIM | LPIPS | bits/img | params | utilization (per level) | PSNR drop if level = mean (dB) | top unused |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | model | seeds | PSNR (dB) | std over seeds (folds) | SSIM | LPIPS | bits/img | params | utilization (per level) | PSNR drop if level = mean (dB) | top unused |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in study["table"]:
         levels = list(r.get("levels", {}))
@@ -409,7 +442,7 @@ def study_markdown(study: dict[str, Any]) -> str:
         bits = _f(float(r["bits_per_image"]), 0)
         if "file_bits" in r:
             bits += f" payload ({_f(r['file_bits'], 0)} file; q {_f(r['quality'], 0)}; fits {_f(r['fits_share'])})"
-        lines.append(f"| {r['variant']} | {r['model']} | {_f(r['psnr'])} | {_f(r['psnr_seed_std'])} | {_f(r['ssim'], 3)} | "
+        lines.append(f"| {r['variant']} | {r['model']} | {r['seeds']} | {_f(r['psnr'])} | {_f(r['psnr_seed_std'])} | {_f(r['ssim'], 3)} | "
                      f"{_f(r['lpips'], 3)} | {bits} | {r.get('params', '-')} | {util} | {drop} | {unused} |")
     lines += ["", "## Paired comparisons (A - B; bootstrap 95% intervals over validated photos; PSNR 'equivalent' means the interval lies within ±0.25 dB)", "",
               "| A | B | photos | PSNR | SSIM | LPIPS |", "|---|---|---|---|---|---|"]
