@@ -164,9 +164,9 @@ def _rows(lift_cont: float, lift_small: float, lift_large: float, tasks: int = 1
 
 def test_claims_follow_planted_lifts():
     yes = {c["claim"][:2]: c["answer"] for c in check_claims(_rows(0.6, 0.0, 0.3), "parallel_vq16", n_boot=200)}
-    assert yes == {"1.": "yes", "2.": "yes", "3.": "yes"}
+    assert yes == {"1.": "yes", "2.": "yes", "2b": "yes", "3.": "yes"}
     no = {c["claim"][:2]: c["answer"] for c in check_claims(_rows(0.0, 0.4, 0.0), "parallel_vq16", n_boot=200)}
-    assert no == {"1.": "no", "2.": "no", "3.": "no"}
+    assert no == {"1.": "no", "2.": "no", "2b": "no", "3.": "no"}
     lf = lifts(_rows(0.6, 0.0, 0.3), n_boot=200)
     assert lf["mlp"]["lift"] == pytest.approx(0.6, abs=0.02) and lf["mlp"]["cells"] == 20
 
