@@ -371,7 +371,7 @@ def test_quick_study_writes_tables_comparisons_and_figures(tmp_path):
     study = run_study(plan, command="test")
     out = tmp_path / "out"
     for name in ("study.md", "study.json", "per_image.csv", "comparisons.csv", "runs.csv", "learning_curves.png",
-                 "recon_grid.png", "runs/full_s0/metrics.json", "runs/full_s0/single/per_image.csv"):
+                 "recon_grid.png", "runs/full_s0/metrics.json", "classical_per_image.csv"):
         assert (out / name).stat().st_size > 0, name
     table = {(r["variant"], r["model"]): r for r in study["table"]}
     assert set(table) == {("full", "hierarchical"), ("full", "single"), ("jpeg", "jpeg"), ("webp", "webp")}

@@ -185,7 +185,8 @@ SMALL_FILES = ("metrics.json", "summary.md", "curves.csv")
 
 
 def collect(done: list[tuple[str, int, str]], out_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(run rows, per-image rows) of finished runs; copies each run's small files to out_dir/runs/<run>/."""
+    """(run rows, per-image rows) of finished runs; copies each run's small files (not its per-image table, which
+    the study's per_image.csv holds, nor its weights) to out_dir/runs/<run>/."""
     run_rows, image_rows = [], []
     for variant, seed, path in done:
         run_dir = Path(path)
@@ -196,8 +197,6 @@ def collect(done: list[tuple[str, int, str]], out_dir: Path) -> tuple[list[dict[
                 shutil.copy2(run_dir / name, copy / name)
         result = json.loads((run_dir / "metrics.json").read_text())
         for model, res in result["models"].items():
-            (copy / model).mkdir(exist_ok=True)
-            shutil.copy2(run_dir / model / PER_IMAGE, copy / model / PER_IMAGE)
             ev = res.get("eval", {})
             row = {"variant": variant, "model": model, "seed": seed, "bits_per_image": res["bits_per_image"],
                    "params": res["params"]["total"], "train_seconds": res["train_seconds"],
