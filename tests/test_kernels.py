@@ -325,3 +325,25 @@ def test_bench_smoke(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert rows["vqstudy"]["ids_differ"] == 0 and rows["cdist"]["ids_differ"] == 0
     with pytest.raises(ValueError, match="methods"):
         BenchConfig(methods=("nope",))
+
+
+def test_bench_skips_with_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Baselines over the (N, K) budget, a missing faiss and the other device's methods are skipped with reasons."""
+    import vqstudy.bench as bench
+
+    cfg = bench.BenchConfig(grid=((8, 8, 2),), max_baseline_bytes=1024)
+    assert bench._skip_reason(cfg, "vqstudy", 10**6, 10**4) is None
+    assert "max_baseline_bytes" in str(bench._skip_reason(cfg, "cdist", 1000, 1000))
+    assert "no vqp baseline" in str(bench._skip_reason(cfg, "vqstudy_train", 1000, 1000))
+    assert "CUDA-only" in str(bench._skip_reason(cfg, "addmm", 8, 8))
+
+    def no_faiss() -> int:
+        raise ImportError("the faiss baseline needs faiss-cpu")
+
+    monkeypatch.setattr(bench, "faiss_threads", no_faiss)
+    assert "faiss-cpu" in str(bench._skip_reason(cfg, "faiss", 8, 8))
+    ids = torch.tensor([0, 1, 2])
+    x, codebook = torch.tensor([[0.0], [1.0], [2.0]]), torch.tensor([[0.0], [1.0], [2.0]])
+    assert bench.compare_ids(x, codebook, ids, ids) == {"ids_differ": 0}
+    wrong = bench.compare_ids(x, codebook, torch.tensor([0, 1, 0]), ids)
+    assert wrong["ids_differ"] == 1 and wrong["ref_closer"] == 1 and wrong["max_gap"] == 4.0

@@ -329,8 +329,8 @@ def _skip_reason(cfg: BenchConfig, method: str, n: int, k: int) -> str | None:
             faiss_threads()
         except ImportError as err:
             return str(err)
-    if method.startswith("vqstudy") or method == "faiss":
-        return None
+    if method in ("vqstudy", "vqstudy_tf32", "faiss"):
+        return None  # memory-bounded searches run at every size
     if n * k * 4 > cfg.max_baseline_bytes:
         if method == "vqstudy_train":
             return "no vqp baseline at this size (its k-means warm-up alone takes minutes)"
@@ -408,8 +408,11 @@ def _entry(cfg: BenchConfig, n: int, k: int, d: int) -> dict[str, Any]:
     return entry
 
 
-def run_bench(cfg: BenchConfig | None = None) -> dict[str, Any]:
-    """Run every grid entry; returns a JSON-ready dict (machine, config, per-entry rows)."""
+def run_bench(
+    cfg: BenchConfig | None = None, on_entry: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Run every grid entry; returns a JSON-ready dict (machine, config, per-entry rows). `on_entry` gets the
+    partial results after each entry (the CLI writes them, so a killed run leaves what it measured)."""
     cfg = cfg or BenchConfig()
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("BenchConfig.device is 'cuda' but torch.cuda.is_available() is False")
@@ -423,16 +426,22 @@ def run_bench(cfg: BenchConfig | None = None) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - not installed (or not by pip): recorded as absent
         machine["versions"]["faiss-cpu"] = None
     started = time.time()
-    entries = [_entry(cfg, n, k, d) for n, k, d in cfg.grid]
-    machine["loadavg_end"] = loadavg()
-    return {
-        "machine": machine,
-        "config": asdict(cfg),
-        "gemm_gflops_best": max(e["gemm_gflops"] for e in entries),
-        "wall_s": time.time() - started,
-        "entries": entries,
-        "targets": check_targets(entries),
-    }
+    entries: list[dict[str, Any]] = []
+    for i, (n, k, d) in enumerate(cfg.grid):
+        entries.append(_entry(cfg, n, k, d))
+        machine["loadavg_end"] = loadavg()
+        results = {
+            "machine": machine,
+            "config": asdict(cfg),
+            "gemm_gflops_best": max(e["gemm_gflops"] for e in entries),
+            "wall_s": time.time() - started,
+            "complete": i == len(cfg.grid) - 1,
+            "entries": entries,
+            "targets": check_targets(entries),
+        }
+        if on_entry is not None:
+            on_entry(results)
+    return results
 
 
 def check_targets(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -500,6 +509,8 @@ def to_markdown(results: dict[str, Any], command: str) -> str:
         f"GEMM rate (fp32 {results['config']['gemm_size']}^3 torch.mm, best of 3, measured before each entry): "
         f"best {results['gemm_gflops_best']:.0f} GFLOP/s. Wall time {results['wall_s']:.0f} s."
     )
+    if not results.get("complete", True):
+        gemm_line += f" PARTIAL: {len(results['entries'])} of {len(results['config']['grid'])} grid entries measured."
     if cuda:
         gemm_line += " On CUDA the TF32 rate is measured too; vqstudy_tf32 is divided by it."
     lines = [
@@ -624,16 +635,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         grid=grid,  # type: ignore[arg-type]
         repeats=args.repeats or (3 if args.quick else 7),
         train_repeats=2 if args.quick else 3,
-        gemm_size=512 if args.quick else 2048,
+        gemm_size=512 if args.quick else (8192 if args.device == "cuda" else 2048),
         max_baseline_bytes=int(args.max_baseline_gb * 2**30),
         memory=not args.no_memory,
         methods=tuple(args.methods or default_methods),
         device=args.device,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    results = run_bench(cfg)
     argv_list = sys.argv[1:] if argv is None else list(argv)
     command = shlex.join(["python", "scripts/bench_nearest.py", *argv_list])
+    results = run_bench(cfg, on_entry=lambda partial: write_results(partial, args.out, command))
     md, js = write_results(results, args.out, command)
     log.info("wrote %s and %s", md, js)
     return 0

@@ -13,7 +13,8 @@ def exact_sqdist(x: torch.Tensor, codebook: torch.Tensor, indices: torch.Tensor)
     """(N,) float32 squared distance ||x_n - codebook[indices_n]||^2, computed from the difference.
 
     Computing the difference (rather than ||x||^2 - 2 x.c + ||c||^2) is exact up to rounding of the
-    D-term sum and never negative, so every backend reports the same number for the same code.
+    D-term sum and never negative, so every backend reports the same number for the same code (up to that
+    rounding: the compiled and Triton kernels sum the D terms in their own order).
     """
     diff = x - codebook.index_select(0, indices)  # (N, D)
     return diff.square_().sum(dim=1, dtype=torch.float32)  # (N,)
