@@ -214,3 +214,13 @@ def test_chunk_bits_effective_equals_nominal_only_for_uniform_usage():
     assert bits.nominal == 8 and abs(bits.effective - 8) < 1e-4 and bits.utilization == 1
     collapsed = chunk_bits(torch.zeros(16, 2, dtype=torch.long), groups, 16)
     assert collapsed.effective == 0 and collapsed.utilization == 1 / 16
+
+
+def test_wide_latent_with_wide_code_dim_builds_from_a_yaml_dict():
+    """The nested quantizer dict is validated once the latent width is filled in (not against dim 64)."""
+    from vqstudy.actions.registry import build_tokenizer
+
+    tok = build_tokenizer("vq", {"latent_dim": 256, "num_tokens": 1, "quantizer": {"codebook_dim": 128, "codebook_size": 16}})
+    assert (tok.config.quantizer.dim, tok.config.quantizer.codebook_dim) == (256, 128)
+    with pytest.raises(ValueError, match=r"codebook_dim \(300\)"):
+        build_tokenizer("vq", {"latent_dim": 256, "quantizer": {"codebook_dim": 300}})

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from vqstudy.actions.defaults import ACTION_DIM, CODEBOOK_SIZE, HIDDEN, HORIZON, LATENT_DIM
 from vqstudy.quantize import Quantizer, QuantizerConfig, usage_of
+from vqstudy.quantize.config import LevelQuantizerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def check_choice(owner: str, name: str, value: Any, choices: tuple[Any, ...]) ->
 def as_quantizer_config(owner: str, name: str, value: QuantizerConfig | dict, dim: int) -> QuantizerConfig:
     """A QuantizerConfig (from a config or a YAML dict) with its `dim` set to the model's latent width."""
     if isinstance(value, dict):
-        value = QuantizerConfig(**{**value, "dim": dim})
+        value = LevelQuantizerConfig(**value)  # dim stays open until the latent width is known
     if not isinstance(value, QuantizerConfig):
         raise ValueError(f"{owner}.{name} must be a QuantizerConfig or a dict, got {type(value).__name__}")
     return value.with_dim(dim)
@@ -264,7 +265,7 @@ class ActionVQConfig(ChunkMLPConfig):
     """L, tokens per chunk."""
     encoder: EncoderKind = "mlp"
     """'mlp' over the flattened chunk, or 'conv' (1-D convolutions over time)."""
-    quantizer: QuantizerConfig = field(default_factory=lambda: QuantizerConfig(codebook_size=CODEBOOK_SIZE))
+    quantizer: LevelQuantizerConfig = field(default_factory=lambda: LevelQuantizerConfig(codebook_size=CODEBOOK_SIZE))
     """Quantizer options; its dim is set to latent_dim."""
 
     def __post_init__(self) -> None:
@@ -341,9 +342,9 @@ class HierarchicalActionVQConfig(ChunkMLPConfig):
     """The coarse encoder sees the chunk average-pooled over time by this factor (must divide horizon)."""
     coarse_weight: float = 0.5
     """Weight of the coarse-only reconstruction loss (keeps the coarse tokens meaningful alone)."""
-    coarse_quantizer: QuantizerConfig = field(default_factory=lambda: QuantizerConfig(codebook_size=CODEBOOK_SIZE))
+    coarse_quantizer: LevelQuantizerConfig = field(default_factory=lambda: LevelQuantizerConfig(codebook_size=CODEBOOK_SIZE))
     """Quantizer options of the coarse level; dim is set to latent_dim."""
-    fine_quantizer: QuantizerConfig = field(default_factory=lambda: QuantizerConfig(codebook_size=CODEBOOK_SIZE))
+    fine_quantizer: LevelQuantizerConfig = field(default_factory=lambda: LevelQuantizerConfig(codebook_size=CODEBOOK_SIZE))
     """Quantizer options of the fine level; dim is set to latent_dim."""
 
     def __post_init__(self) -> None:
