@@ -45,7 +45,13 @@ def main(argv=None) -> int:
         if m > 1:
             print(f"shard {i}/{m} done")
             return 0
-    wall = time.time() - (args.started if args.started is not None else start)
+    if args.report_only and args.started is not None:  # the study ended when its last job file was written
+        from pathlib import Path
+
+        jobs_dir = Path(cfg.work_dir) / "jobs"
+        wall = max(p.stat().st_mtime for p in jobs_dir.glob("*.json")) - args.started
+    else:
+        wall = time.time() - (args.started if args.started is not None else start)
     cpu_s = sum(r["seconds"] for r in results)
     header = (f"# {cfg.name}\n\ncommand: `{command}`\n\nmachine: {machine_line(info)}\n\n"
               + f"wall time: {wall / 60:.1f} min; "
