@@ -10,7 +10,8 @@ import torch
 
 from vqstudy.images.capacity import bits_per_sample, count_parameters, latent_grids, match_single_level
 from vqstudy.quantize import QuantizerConfig
-from vqstudy.images.models import HierarchicalVQVAEConfig, VQVAEConfig, build_model
+from vqstudy.images.config import HierarchicalVQVAEConfig, VQVAEConfig
+from vqstudy.images.models import build_model
 
 
 def hier(top_k: int = 512, bottom_k: int = 512, **kwargs) -> HierarchicalVQVAEConfig:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from vqstudy.config import from_dict, to_dict
 from vqstudy.quantize import QuantizerConfig
-from vqstudy.images.models import HierarchicalVQVAE, HierarchicalVQVAEConfig, VQVAE, VQVAEConfig, build_model
+from vqstudy.images import HierarchicalVQVAE, HierarchicalVQVAEConfig, VQVAE, VQVAEConfig, build_model
 
 QUANTIZERS = {
     "ema": dict(update="ema"),

@@ -9,7 +9,7 @@ import torch
 
 from vqstudy.quantize import QuantizerConfig
 from vqstudy.images.data.module import ImageDataConfig, ImageDataModule
-from vqstudy.images.models import VQVAE, VQVAEConfig
+from vqstudy.images import VQVAE, VQVAEConfig
 from vqstudy.images.train import NonFiniteLossError, TrainConfig, fit_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

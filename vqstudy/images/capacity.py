@@ -14,7 +14,8 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
-from vqstudy.images.models import HierarchicalVQVAEConfig, VQVAEConfig, build_model
+from vqstudy.images.config import HierarchicalVQVAEConfig, VQVAEConfig
+from vqstudy.images.models import build_model
 from vqstudy.quantize import Quantizer
 
 logger = logging.getLogger(__name__)

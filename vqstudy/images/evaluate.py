@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from vqstudy.config import from_dict, to_dict
-from vqstudy.images.models import MODEL_CONFIGS, build_model
+from vqstudy.images.config import MODEL_CONFIGS
+from vqstudy.images.models import build_model
 from vqstudy.quantize.usage import CodebookUsage
 
 log = logging.getLogger(__name__)

@@ -1,23 +1,12 @@
-"""Image VQ-VAEs: single-level `VQVAE` and two-level `HierarchicalVQVAE`, built from typed configs."""
+"""`build_model`: the image model a typed config describes."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from vqstudy.images.config import MODEL_CONFIGS, HierarchicalVQVAEConfig, LevelSpec, VQVAEConfig
+from vqstudy.images.config import HierarchicalVQVAEConfig, VQVAEConfig
 from vqstudy.images.hierarchical import HierarchicalVQVAE
-from vqstudy.images.vqvae import VQVAE, VQVAEOutput
-
-__all__ = [
-    "MODEL_CONFIGS",
-    "HierarchicalVQVAE",
-    "HierarchicalVQVAEConfig",
-    "LevelSpec",
-    "VQVAE",
-    "VQVAEConfig",
-    "VQVAEOutput",
-    "build_model",
-]
+from vqstudy.images.vqvae import VQVAE
 
 
 def build_model(config: VQVAEConfig | HierarchicalVQVAEConfig) -> nn.Module:

@@ -25,7 +25,8 @@ from vqstudy.config import load_config, to_dict
 from vqstudy.quantize import QuantizerConfig
 from vqstudy.images.data.module import ImageDataConfig, ImageDataModule
 from vqstudy.images.evaluate import PER_IMAGE, evaluate, image_sources, lpips_model_for, save_model, write_per_image
-from vqstudy.images.models import HierarchicalVQVAEConfig, VQVAEConfig, build_model
+from vqstudy.images.config import HierarchicalVQVAEConfig, VQVAEConfig
+from vqstudy.images.models import build_model
 from vqstudy.images.train import TrainConfig, fit_model
 
 log = logging.getLogger(__name__)
