@@ -134,3 +134,12 @@ def test_vocab_too_small_for_the_alphabet_is_refused():
 def test_id_orders_do_not_apply():
     with pytest.raises(ValueError, match="order"):
         fitted().code_vectors()
+
+
+def test_the_one_training_loop_fits_fast():
+    from vqstudy.actions.train import fit_tokenizer
+
+    tok = build_tokenizer("fast", {"horizon": H, "action_dim": A, "vocab_size": 128})
+    assert not tok.fitted
+    fit = fit_tokenizer(tok, smooth_chunks(), steps=5)
+    assert tok.fitted and fit.losses == [] and fit.curve[-1].recon_mse < 0.01

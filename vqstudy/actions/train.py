@@ -28,6 +28,7 @@ from vqstudy.config import from_dict, load_config, to_dict
 from vqstudy.actions.data.trajectories import TrajectoryData, TrajectoryDataConfig, build_trajectory_datasets
 from vqstudy.actions.defaults import ACTION_DIM
 from vqstudy.actions.export import ActionTokenizer
+from vqstudy.actions.fast import FastTokenizer
 from vqstudy.actions.ordering import DEFAULT_ORDER, ORDER_CHOICES
 from vqstudy.actions.registry import TOKENIZER_KINDS, build_tokenizer
 from vqstudy.actions.tokenizers import ChunkTokenizer
@@ -224,6 +225,8 @@ def fit_tokenizer(tokenizer: ChunkTokenizer, chunks: Tensor, train: ActionTrainC
     elif fields:
         raise TypeError(f"pass either an ActionTrainConfig or its fields, not both (got {sorted(fields)})")
     tokenizer.check_chunks(chunks)
+    if isinstance(tokenizer, FastTokenizer):  # FAST's BPE vocabulary is fitted on the data, not by gradient
+        tokenizer.fit(chunks)
     threads = torch.get_num_threads()
     if train.threads is not None:
         torch.set_num_threads(train.threads)
