@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -36,3 +38,15 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_weights_and_manifest(directory: Path, tensors: dict[str, Any], meta: dict[str, Any], weights_file: str,
+                              config_file: str) -> None:
+    """Write `tensors` as safetensors, then the JSON manifest `meta` plus the weights' sha256, each atomically: a
+    reader sees whole files only, and the manifest (written last) marks a complete save."""
+    from safetensors.torch import save
+
+    data = save(tensors)
+    write_atomic(directory / weights_file, data)
+    manifest = {**meta, "weights_sha256": sha256_bytes(data)}
+    write_atomic(directory / config_file, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())

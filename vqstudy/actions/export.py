@@ -33,7 +33,7 @@ from vqstudy.actions.ordering import check_order, codebook_order, inverse_order
 from vqstudy.actions.registry import TOKENIZER_KINDS, build_tokenizer
 from vqstudy.actions.tokenizers import ChunkTokenizer
 from vqstudy.config import to_dict
-from vqstudy.files import sha256_file, write_atomic
+from vqstudy.files import save_weights_and_manifest, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -178,8 +178,6 @@ class ActionTokenizer(nn.Module):
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write `model.safetensors`, then `tokenizer_config.json` (holding its sha256) into `directory`, each
         atomically (a reader sees a whole file or none; an interrupted save never leaves a torn file); returns it."""
-        from safetensors.torch import save
-
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {f"tokenizer.{k}": v.detach().cpu().contiguous().clone()
@@ -188,8 +186,6 @@ class ActionTokenizer(nn.Module):
             tensors.update({f"normalizer.{k}": v.contiguous().clone() for k, v in self.normalizer.state_dict().items()})
         if self.order is not None:
             tensors["order"] = self.order.clone()
-        weights = out / WEIGHTS_FILE
-        write_atomic(weights, save(tensors))
         meta = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -201,9 +197,8 @@ class ActionTokenizer(nn.Module):
             "normalizer": "quantile" if self.normalizer is not None else None,
             "ordered": self.order is not None,
             "weights_file": WEIGHTS_FILE,
-            "weights_sha256": sha256_file(weights),
         }
-        write_atomic(out / CONFIG_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+        save_weights_and_manifest(out, tensors, meta, WEIGHTS_FILE, CONFIG_FILE)
         logger.info("saved %s tokenizer (%d ids x %d tokens) to %s", self.tokenizer.kind, self.vocab_size,
                     self.num_tokens, out)
         return out

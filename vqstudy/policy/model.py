@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from vqstudy.actions.data.normalize import QuantileNormalizer
 from vqstudy.actions.export import ActionTokenizer
-from vqstudy.files import sha256_file, write_atomic
+from vqstudy.files import save_weights_and_manifest, sha256_file
 from vqstudy.policy.encoders import EncoderSpec, StateEncoder
 from vqstudy.policy.heads import AutoregressiveHead, ContinuousHead, DiscreteHead, FlowHead, HeadConfig
 
@@ -123,21 +123,18 @@ class LearnedPolicy(nn.Module):
     # --- files ---------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the policy (and its tokenizer) to `directory`; returns it."""
-        from safetensors.torch import save
-
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()
                    if not k.startswith("tokenizer.")}
         tensors.update({f"normalizer.{k}": v.contiguous().clone() for k, v in self.normalizer.state_dict().items()})
-        write_atomic(out / WEIGHTS_FILE, save(tensors))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(out / "tokenizer")
         meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "head_kind": self.head_kind,
                 "encoder": asdict(self.encoder_spec), "head": asdict(self.head_cfg), "tasks": self.task_names,
                 "horizon": self.horizon, "action_dim": self.action_dim, "seed": self.seed,
-                "state_dim": int(self.state_mean.numel()), "weights_sha256": sha256_file(out / WEIGHTS_FILE)}
-        write_atomic(out / CONFIG_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+                "state_dim": int(self.state_mean.numel())}
+        save_weights_and_manifest(out, tensors, meta, WEIGHTS_FILE, CONFIG_FILE)
         return out
 
     @classmethod
