@@ -195,16 +195,6 @@ def test_grid_config_rejects_unknown_tokenizer():
                          {"heads": [{"name": "p", "kind": "parallel", "tokenizer": "vq9"}]})
 
 
-@pytest.fixture(scope="module")
-def quick_demos(tmp_path_factory):
-    pytest.importorskip("metaworld", reason="Meta-World (pip install 'vqstudy[sim]') runs the closed-loop test")
-    from vqstudy.sim.demos import make_demonstrations
-
-    out = tmp_path_factory.mktemp("demos") / "metaworld_quick"
-    make_demonstrations(out, ["reach-v3", "drawer-close-v3"], episodes=4, seed=0, max_steps=120)
-    return out
-
-
 def test_quick_grid_end_to_end(quick_demos, tmp_path, capsys):
     from vqstudy.cli import main
 

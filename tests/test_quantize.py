@@ -327,3 +327,27 @@ def test_simvq_codes_start_near_unit_norm_so_they_are_not_all_far_from_the_data(
     with torch.no_grad():
         used = q(0.5 * torch.randn(4096, 64)).indices.unique().numel()
     assert used > 64  # inputs of norm ~4 spread over many codes at initialisation (not one code for all)
+
+
+def test_fused_straight_through_matches_the_autograd_graph():
+    """The EMA fast path's one autograd node gives the values and gradients of q.detach() + (z - z.detach())
+    and mse(z, q.detach()), with the commitment loss taken from the search's distances."""
+    from vqstudy.kernels import nearest_code
+    from vqstudy.quantize.quantizer import _StraightThroughCommit
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(300, 8, generator=g, requires_grad=True)
+    codes = torch.randn(40, 8, generator=g)
+    idx, sqdist = nearest_code(z.detach(), codes)
+    w, beta = torch.randn(300, 8, generator=g), 0.37
+    q, commit = _StraightThroughCommit.apply(z, codes, idx, sqdist.sum())
+    ((q * w).sum() + beta * commit).backward()
+    fused = z.grad.clone()
+    z.grad = None
+    ref_q = codes[idx]
+    ref_st, ref_commit = ref_q + (z - z.detach()), torch.nn.functional.mse_loss(z, ref_q)
+    ((ref_st * w).sum() + beta * ref_commit).backward()
+    assert torch.equal(q, ref_q)
+    assert torch.allclose(commit, ref_commit, rtol=1e-5)
+    assert torch.allclose(fused, z.grad, rtol=1e-5, atol=1e-7)
+    assert not torch.equal(fused, w)  # the commitment term contributes

@@ -62,3 +62,31 @@ def test_config_rejects_bad_values():
         SpecVLAConfig(gamma=0)
     with pytest.raises(ValueError, match="rs"):
         load_specvla_config(None, {"rs": [-1]})
+
+
+def _study(seed: int, greedy: tuple[int, int], relaxed: tuple[int, int] | None, accepted: float) -> dict:
+    rows = [{"tokenizer": "vq8", "K": 8, "L": 4, "order": "-", "r": "greedy", "successes": greedy[0], "n": greedy[1],
+             "speedup_time": 1.0, "speedup_passes": 1.0, "mse_vs_greedy": 0.0, "accepted_per_round": float("nan")},
+            {"tokenizer": "vq8", "K": 8, "L": 4, "order": "seriated", "r": "4", "accepted_per_round": accepted,
+             "target_passes_per_chunk": 2.0, "speedup_time": 1.5, "speedup_passes": 2.0, "mse_vs_greedy": 0.01,
+             **({"successes": relaxed[0], "n": relaxed[1]} if relaxed else {"successes": 0, "n": 0})}]
+    return {"config": {"seed": seed}, "rows": rows, "machine": "m", "wall_seconds": 60.0, "command": "c"}
+
+
+def test_merge_pools_closed_loop_seeds_and_compares_with_their_greedy_rows():
+    from vqstudy.policy.specvla import merge_studies, merged_markdown
+
+    merged = merge_studies([_study(0, (50, 100), (30, 100), 2.0), _study(1, (40, 100), None, 3.0),
+                            _study(2, (60, 100), (40, 100), 2.5)])
+    rows = {(r["order"], r["r"]): r for r in merged["rows"]}
+    greedy, relaxed = rows["-", "greedy"], rows["seriated", "4"]
+    assert (greedy["successes"], greedy["n"]) == (150, 300) and greedy["target_passes_per_chunk"] == 4
+    assert (relaxed["successes"], relaxed["n"], relaxed["seeds_closed_loop"]) == (70, 200, [0, 2])
+    assert relaxed["accepted_per_round"] == pytest.approx(2.5) and relaxed["accepted_per_round_range"] == [2.0, 3.0]
+    # compared with the greedy rows of seeds 0 and 2 only (110/200), not seed 1's
+    assert relaxed["diff_vs_greedy"] == pytest.approx(70 / 200 - 110 / 200)
+    low, high = relaxed["diff_ci"]
+    assert low < relaxed["diff_vs_greedy"] < high < 0  # a 20-point drop at n = 200 is detectable
+    assert "| seriated | 4 | 0,2 |" in merged_markdown(merged)
+    with pytest.raises(ValueError, match="each seed once"):
+        merge_studies([_study(0, (1, 2), None, 1.0), _study(0, (1, 2), None, 1.0)])

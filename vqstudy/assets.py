@@ -50,6 +50,7 @@ __all__ = [
     "default_cache_dir",
     "fetch_assets",
     "flax_alexnet_to_torchvision",
+    "load_alexnet_features",
     "load_fid_inception",
     "load_lpips",
     "main",
@@ -378,6 +379,15 @@ def load_lpips(net: str = "alex", cache_dir: str | os.PathLike[str] | None = Non
     lins = {k.removeprefix("lin"): v for k, v in load_file(paths["lpips_alex_lin"]).items()}
     model.lins.load_state_dict(lins, strict=True)  # lin0..lin4 are the same modules as lins.0..4
     return model.eval().requires_grad_(False)
+
+
+def load_alexnet_features(cache_dir: str | os.PathLike[str] | None = None) -> dict[str, torch.Tensor]:
+    """The ImageNet AlexNet trunk of the LPIPS assets as a state dict for torchvision's
+    ``alexnet().features`` (keys ``{0,3,6,8,10}.{weight,bias}``). Fetches the weights if missing."""
+    from safetensors.torch import load_file
+
+    path = fetch_assets(cache_dir, only=["lpips_alex_features"])["lpips_alex_features"]
+    return {k.removeprefix("features."): v for k, v in load_file(path).items()}
 
 
 class FIDInceptionFeatures(torch.nn.Module):

@@ -73,7 +73,9 @@ class BenchConfig:
     repeats: int = 7
     """Timed calls per search method and entry (median reported)."""
     train_repeats: int = 3
-    """Timed training steps per training method and entry (after warm-up)."""
+    """Timed training steps per training method and entry (after warm-up): at least this many ..."""
+    train_min_seconds: float = 1.0
+    """... and more until they add up to this many seconds (small steps are noisy; at most 500 steps)."""
     gemm_size: int = 2048
     """S of the (S, S) @ (S, S) fp32 GEMM that defines the machine's rate."""
     max_baseline_bytes: int = 2**31
@@ -113,8 +115,9 @@ def _sync(device: str) -> None:
 
 
 def _times(fn: Callable[[], Any], repeats: int, warmup: int = 1, budget_s: float | None = None,
-           device: str = "cpu") -> list[float]:  # fmt: skip
-    """Wall times of `repeats` calls after `warmup` calls; fewer (>= 3) when one call exceeds budget_s / repeats."""
+           device: str = "cpu", min_total_s: float = 0.0, max_repeats: int = 500) -> list[float]:  # fmt: skip
+    """Wall times of `repeats` calls after `warmup` calls; fewer (>= 3) when one call exceeds budget_s / repeats;
+    more (up to `max_repeats`) until the timed calls add up to `min_total_s` (fast calls need many samples)."""
     for _ in range(warmup):
         start = time.perf_counter()
         fn()
@@ -122,8 +125,8 @@ def _times(fn: Callable[[], Any], repeats: int, warmup: int = 1, budget_s: float
         first = time.perf_counter() - start
         if budget_s is not None and first * repeats > budget_s:
             repeats = max(3, int(budget_s / first))
-    out = []
-    for _ in range(repeats):
+    out: list[float] = []
+    while len(out) < repeats or (sum(out) < min_total_s and len(out) < max_repeats):
         start = time.perf_counter()
         fn()
         _sync(device)
@@ -367,7 +370,7 @@ def _entry(cfg: BenchConfig, n: int, k: int, d: int) -> dict[str, Any]:
         rate = gemm_tf32 if method == "vqstudy_tf32" else gemm
         if method in TRAIN_METHODS:
             step, row["warmup_s"] = _train_step_fn(method, x, k)
-            times = _times(step, cfg.train_repeats, warmup=0)
+            times = _times(step, cfg.train_repeats, warmup=2, min_total_s=cfg.train_min_seconds)
         else:
             fn = _search_fn(method, x, codebook)
             times = _times(fn, cfg.repeats, budget_s=cfg.budget_s, device=cfg.device)
@@ -635,6 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         grid=grid,  # type: ignore[arg-type]
         repeats=args.repeats or (3 if args.quick else 7),
         train_repeats=2 if args.quick else 3,
+        train_min_seconds=0.0 if args.quick else 1.0,
         gemm_size=512 if args.quick else (8192 if args.device == "cuda" else 2048),
         max_baseline_bytes=int(args.max_baseline_gb * 2**30),
         memory=not args.no_memory,

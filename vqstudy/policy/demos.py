@@ -46,6 +46,15 @@ class Samples(NamedTuple):
     """(N, H, 4) float32 action chunks in environment units."""
     episodes: Tensor
     """(N,) int64 episode number (for per-episode statistics)."""
+    episode_names: tuple[str, ...] = ()
+    """Dataset name of each episode number (`episode_000012`), for replaying episodes in the simulator."""
+    states: Tensor | None = None
+    """(N, 39) raw states when `obs` holds something else (pixel features); the probes read them."""
+
+    @property
+    def probe_states(self) -> Tensor:
+        """The raw states the encoder-quality probes predict from: `states`, else `obs`."""
+        return self.obs if self.states is None else self.states
 
 
 class DemoData(NamedTuple):
@@ -78,7 +87,8 @@ def _samples(episodes: Sequence[Episode], task_index: dict[str, int], horizon: i
         tasks.append(np.full(len(o), task_index[episode.task], dtype=np.int64))
         ids.append(np.full(len(o), number, dtype=np.int64))
     return Samples(torch.from_numpy(np.concatenate(obs)), torch.from_numpy(np.concatenate(tasks)),
-                   torch.from_numpy(np.concatenate(chunks)), torch.from_numpy(np.concatenate(ids)))
+                   torch.from_numpy(np.concatenate(chunks)), torch.from_numpy(np.concatenate(ids)),
+                   tuple(e.name for e in episodes))
 
 
 def successful(episodes: Sequence[Episode], root: Path) -> list[Episode]:

@@ -10,6 +10,10 @@ is trained on it, so all heads of one rung see exactly the same information. Wha
 - `mlp`: an MLP S -> hidden -> hidden -> `out_dim`, pretrained on the train split to predict the action
   chunk through a linear readout (a task-aligned encoder, like a pretrained vision backbone), then
   frozen. At most `out_dim` dims of information get through; small `out_dim` = the narrow rung.
+- `pixels`: rendered camera frames through a frozen CNN (`backbone`: the ImageNet AlexNet trunk of the
+  LPIPS assets, or the same network randomly initialized), see `vqstudy.policy.pixels`. The features
+  are computed outside the policy (they need the simulator), so inside it this rung is the identity
+  over the feature vector; the raw state is kept only for the quality probes.
 - `noise_std` > 0 on any kind adds N(0, noise_std^2) to the standardized state before encoding, in
   training and evaluation alike (a noisy sensor: at most 0.5 log2(1 + var/noise_std^2) bits per
   unit-variance column survive).
@@ -31,8 +35,9 @@ from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
-EncoderKind = Literal["task_only", "identity", "random_proj", "mlp"]
-ENCODER_KINDS = ("task_only", "identity", "random_proj", "mlp")
+EncoderKind = Literal["task_only", "identity", "random_proj", "mlp", "pixels"]
+ENCODER_KINDS = ("task_only", "identity", "random_proj", "mlp", "pixels")
+PIXEL_BACKBONES = ("alexnet", "random_cnn")
 
 
 @dataclass
@@ -53,6 +58,14 @@ class EncoderSpec:
     """Adam steps of the mlp encoder's action-chunk pretraining (linear readout), before it is frozen."""
     pretrain_lr: float = 2e-3
     """Learning rate of that pretraining."""
+    backbone: Literal["alexnet", "random_cnn"] = "alexnet"
+    """pixels: frozen CNN, the ImageNet AlexNet trunk (LPIPS assets) or the same net randomly initialized."""
+    image_size: int = 96
+    """pixels: rendered frame size (square, pixels)."""
+    camera: str = "corner2"
+    """pixels: Meta-World model camera to render from."""
+    feature_grid: int = 2
+    """pixels: the conv5 map is average-pooled to feature_grid x feature_grid cells (256 x cells features)."""
 
     def __post_init__(self) -> None:
         if self.kind not in ENCODER_KINDS:
@@ -69,6 +82,12 @@ class EncoderSpec:
             raise ValueError(f"EncoderSpec.pretrain_lr ({self.pretrain_lr}) must be > 0")
         if not self.name:
             raise ValueError("EncoderSpec.name must be a non-empty string")
+        if self.backbone not in PIXEL_BACKBONES:
+            raise ValueError(f"EncoderSpec.backbone ({self.backbone!r}) must be one of {list(PIXEL_BACKBONES)}")
+        for name, low in (("image_size", 32), ("feature_grid", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"EncoderSpec.{name} ({value!r}) must be an integer >= {low}")
 
 
 class StateEncoder(nn.Module):
@@ -93,7 +112,8 @@ class StateEncoder(nn.Module):
     @property
     def out_dim(self) -> int:
         """F, feature width."""
-        return {"task_only": 0, "identity": self.state_dim}.get(self.spec.kind, self.spec.out_dim)
+        return {"task_only": 0, "identity": self.state_dim, "pixels": self.state_dim}.get(self.spec.kind,
+                                                                                         self.spec.out_dim)
 
     def forward(self, states: Tensor, generator: torch.Generator | None = None) -> Tensor:
         if states.ndim != 2 or states.shape[1] != self.state_dim:
@@ -103,7 +123,7 @@ class StateEncoder(nn.Module):
         kind = self.spec.kind
         if kind == "task_only":
             return states.new_zeros(states.shape[0], 0)
-        if kind == "identity":
+        if kind in ("identity", "pixels"):  # pixels: `states` are already the frozen CNN's features
             return states
         if kind == "random_proj":
             return states @ self.proj  # (B, S) @ (S, F)

@@ -27,6 +27,7 @@ from vqstudy.policy.encoders import EncoderSpec
 from vqstudy.policy.heads import HeadConfig
 from vqstudy.policy.learn import PolicyDataConfig, fit_action_tokenizer, fit_normalizer, train_policy
 from vqstudy.policy.model import DISCRETE, HEAD_KINDS
+from vqstudy.policy.pixels import PixelFeaturizer, PixelPolicySource, pixel_demo_data
 from vqstudy.policy.source import PolicySource
 from vqstudy.sim.env import DEFAULT_MAX_STEPS
 from vqstudy.sim.rollout import RolloutConfig, evaluate
@@ -175,6 +176,7 @@ def run_grid(cfg: GridConfig, on_row: Any = None) -> Path:
     data = data_cfg.load()
     env_cache: dict[str, list] = {}
     specs = {t.name: t for t in cfg.tokenizers}
+    pixel_rungs: dict[str, tuple] = {}  # rung name -> (featurizer, pixel DemoData, render stats)
     for seed in cfg.seeds:
         ends = (cfg.encoders[0], cfg.encoders[-1])  # the lift's two ends first, head by head, then the middle
         order = [(e, h) for h in cfg.heads for e in ends] + [(e, h) for e in cfg.encoders[1:-1] for h in cfg.heads]
@@ -190,10 +192,17 @@ def run_grid(cfg: GridConfig, on_row: Any = None) -> Path:
                                 time.perf_counter() - start)
         for encoder, head in todo:
             tok, tok_s = tokenizers.get(head.tokenizer, (None, 0.0))
-            trained = train_policy(data, encoder, head.kind, cfg.head, seed, tok, normalizer, cfg.probe_ridge)
+            rung_data, featurizer = data, None
+            if encoder.kind == "pixels":  # frames rendered and featurized once per rung, reused by every head
+                if encoder.name not in pixel_rungs:
+                    featurizer = PixelFeaturizer(encoder)
+                    pixel_rungs[encoder.name] = (featurizer, *pixel_demo_data(data, featurizer))
+                featurizer, rung_data, _ = pixel_rungs[encoder.name]
+            trained = train_policy(rung_data, encoder, head.kind, cfg.head, seed, tok, normalizer, cfg.probe_ridge)
             if cfg.save_policies:
                 trained.policy.save_pretrained(out / "policies" / str(seed) / encoder.name / head.name)
-            source = PolicySource(trained.policy, cfg.rollout.execute)
+            source = (PolicySource(trained.policy, cfg.rollout.execute) if featurizer is None
+                      else PixelPolicySource(trained.policy, featurizer, cfg.rollout.execute))
             result = evaluate(source, cfg.rollout_config(tasks, seed), env_cache=env_cache)
             spec = specs.get(head.tokenizer)
             row = {
@@ -207,6 +216,7 @@ def run_grid(cfg: GridConfig, on_row: Any = None) -> Path:
                 "tasks": {t.task: [t.successes, t.n] for t in result.tasks},
                 "timing": result.timing._asdict(), "source_stats": result.source_stats,
                 "execute": source.horizon, "horizon": data.horizon,
+                "pixel_render": pixel_rungs[encoder.name][2] if encoder.name in pixel_rungs else None,
             }
             with rows_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")

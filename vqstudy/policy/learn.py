@@ -132,7 +132,7 @@ def encoder_quality(policy: LearnedPolicy, data: DemoData, ridge: float = 1e-3) 
     f_train, f_val = policy.features(data.train.obs, gen), policy.features(data.val.obs, gen)  # (N, F)
     out = {}
     for name, cols in (("hand", HAND_POS), ("object", OBJECT_POS)):
-        probe = linear_probe(f_train, data.train.obs[:, cols], f_val, data.val.obs[:, cols], ridge)
+        probe = linear_probe(f_train, data.train.probe_states[:, cols], f_val, data.val.probe_states[:, cols], ridge)
         out[f"probe_r2_{name}"] = probe.r2_val
         out[f"probe_r2_{name}_train"] = probe.r2_train
     out["probe_r2"] = (out["probe_r2_hand"] + out["probe_r2_object"]) / 2

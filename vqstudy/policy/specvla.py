@@ -345,3 +345,101 @@ def plot(study: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def newcombe_interval(s1: int, n1: int, s2: int, n2: int) -> tuple[float, float]:
+    """95% interval of p1 - p2 for two independent proportions (Newcombe's hybrid score method, from the
+    two Wilson intervals); conservative for rows that share initial states."""
+    from vqstudy.sim.rollout import wilson_interval
+
+    p1, p2 = s1 / n1, s2 / n2
+    l1, u1 = wilson_interval(s1, n1)
+    l2, u2 = wilson_interval(s2, n2)
+    d = p1 - p2
+    return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
+def merge_studies(studies: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pool per-seed studies (specvla.json dicts) row by row: (tokenizer, order, r) -> successes and n summed
+    over the seeds that ran it in closed loop (Wilson interval), open-loop measures averaged over seeds
+    (with their min and max), and the success difference to the same tokenizer's greedy rows of the same
+    seeds (Newcombe interval)."""
+    from vqstudy.sim.rollout import wilson_interval
+
+    if not studies:
+        raise ValueError("merge_studies needs at least one study")
+    groups: dict[tuple[str, str, str], list[tuple[int, dict[str, Any]]]] = {}
+    for study in studies:
+        seed = int(study["config"]["seed"])
+        for row in study["rows"]:
+            groups.setdefault((row["tokenizer"], row["order"], str(row["r"])), []).append((seed, row))
+    seeds = sorted({int(s["config"]["seed"]) for s in studies})
+    if len(seeds) != len(studies):
+        raise ValueError(f"merge_studies got {len(studies)} studies but seeds {seeds}: each seed once")
+    greedy = {key[0]: dict(rows) for key, rows in groups.items() if key[2] == "greedy"}
+    merged = []
+    for (tok, order, r), rows in groups.items():
+        closed = [(s, row) for s, row in rows if row.get("n", 0)]
+        out: dict[str, Any] = {"tokenizer": tok, "K": rows[0][1]["K"], "L": rows[0][1]["L"], "order": order, "r": r,
+                               "seeds_open_loop": [s for s, _ in rows], "seeds_closed_loop": [s for s, _ in closed]}
+        for key in ("accepted_per_round", "target_passes_per_chunk", "speedup_time", "speedup_passes", "mse_vs_greedy"):
+            values = [float(row[key]) for _, row in rows if key in row and math.isfinite(float(row[key]))]
+            out[key] = sum(values) / len(values) if values else math.nan
+            out[f"{key}_range"] = [min(values), max(values)] if values else None
+        if r == "greedy":  # plain autoregressive decoding: one target pass per id
+            out.update(target_passes_per_chunk=float(out["L"]), speedup_passes=1.0)
+        succ, n = sum(row["successes"] for _, row in closed), sum(row["n"] for _, row in closed)
+        out.update(successes=succ, n=n, success=succ / n if n else math.nan)
+        out["ci_low"], out["ci_high"] = wilson_interval(succ, n) if n else (math.nan, math.nan)
+        base = [greedy.get(tok, {}).get(s) for s, _ in closed]
+        if closed and r != "greedy" and all(b is not None for b in base):
+            gs, gn = sum(b["successes"] for b in base), sum(b["n"] for b in base)
+            out["diff_vs_greedy"] = succ / n - gs / gn
+            out["diff_ci"] = list(newcombe_interval(succ, n, gs, gn))
+        merged.append(out)
+    return {"seeds": seeds, "rows": merged, "machine": [s["machine"] for s in studies],
+            "wall_seconds": [s["wall_seconds"] for s in studies], "commands": [s["command"] for s in studies],
+            "configs": [s["config"] for s in studies]}
+
+
+def merged_markdown(merged: dict[str, Any]) -> str:
+    def rng(row: dict[str, Any], key: str, fmt: str) -> str:
+        r = row.get(f"{key}_range")
+        return "" if not r or len(row["seeds_open_loop"]) < 2 else f" ({format(r[0], fmt)}-{format(r[1], fmt)})"
+
+    lines = ["# Spec-VLA in closed loop, pooled over seeds " + ", ".join(map(str, merged["seeds"])), "",
+             "Per seed: " + "; ".join(f"`{c}` ({w / 60:.1f} min)" for c, w in zip(merged["commands"],
+                                                                                  merged["wall_seconds"])), "",
+             "Machines: " + " | ".join(dict.fromkeys(merged["machine"])), "",
+             "Open-loop columns: mean over seeds (min-max across seeds). Success: rollouts pooled over the seeds "
+             "that ran the row in closed loop (Wilson 95%); difference to the same tokenizer's greedy policy on the "
+             "same seeds with Newcombe's 95% interval (unpaired, so conservative).", "",
+             "| tokenizer | order | r | seeds (closed loop) | accepted / round | target passes / chunk | speedup (time) "
+             "| speedup (passes) | MSE vs greedy | success | 95% interval | - greedy | 95% interval |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in merged["rows"]:
+        diff = row.get("diff_vs_greedy")
+        lines.append(
+            f"| {row['tokenizer']} | {row['order']} | {row['r']} | {','.join(map(str, row['seeds_closed_loop'])) or '-'} | "
+            f"{row['accepted_per_round']:.2f}{rng(row, 'accepted_per_round', '.2f')} | "
+            f"{row['target_passes_per_chunk']:.2f} | {row['speedup_time']:.2f}x{rng(row, 'speedup_time', '.2f')} | "
+            f"{row['speedup_passes']:.2f}x | {row['mse_vs_greedy']:.2e} | "
+            + (f"{row['success']:.3f} ({row['successes']}/{row['n']}) | [{row['ci_low']:.3f}, {row['ci_high']:.3f}] | "
+               if row["n"] else "- | - | ")
+            + (f"{diff:+.3f} | [{row['diff_ci'][0]:+.3f}, {row['diff_ci'][1]:+.3f}] |" if diff is not None else "- | - |"))
+    return "\n".join(lines) + "\n"
+
+
+def write_merged(dirs: list[str | Path], out: str | Path) -> dict[str, Any]:
+    """Merge the specvla.json of `dirs` (one seed each) into <out>/specvla_merged.{json,md} and the pooled plot."""
+    studies = [json.loads((Path(d) / "specvla.json").read_text()) for d in dirs]
+    partial = [str(d) for d, s in zip(dirs, studies) if s.get("partial")]
+    if partial:
+        raise ValueError(f"studies {partial} are partial (still running or stopped); merge finished ones only")
+    merged = merge_studies(studies)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "specvla_merged.json").write_text(json.dumps(merged, indent=2, default=float) + "\n")
+    (out / "specvla_merged.md").write_text(merged_markdown(merged))
+    plot({"rows": [r for r in merged["rows"] if r["n"]]}, out / "success_vs_speedup_merged.png")
+    return merged

@@ -34,8 +34,9 @@ class QuantizeOutput(NamedTuple):
     stats: QuantizeStats
 
 
-def validate_input(x: Any, dim: int) -> None:
-    """Raise TypeError/ValueError naming the problem if `x` is not a finite (..., dim) float tensor."""
+def validate_input(x: Any, dim: int, check_finite: bool = True) -> None:
+    """Raise TypeError/ValueError naming the problem if `x` is not a finite (..., dim) float tensor
+    (`check_finite=False`: shape and dtype only; the caller checks finiteness itself, see `raise_if_not_finite`)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"Quantizer input must be a torch.Tensor of shape (..., {dim}), got {type(x).__name__}")
     if not x.is_floating_point():
@@ -44,8 +45,12 @@ def validate_input(x: Any, dim: int) -> None:
         raise ValueError(f"Quantizer input must have last dimension dim ({dim}), got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise ValueError(f"Quantizer input is an empty batch (shape {tuple(x.shape)}); expected at least one vector")
-    if torch.isfinite(x.sum()):  # one cheap reduction; NaN/Inf (or overflow) falls through to the exact count
-        return
+    if check_finite and not torch.isfinite(x.sum()):  # one cheap reduction; NaN/Inf (or overflow) -> exact count
+        raise_if_not_finite(x)
+
+
+def raise_if_not_finite(x: torch.Tensor) -> None:
+    """Raise ValueError counting the NaN/Inf values of the Quantizer input `x` (nothing if there are none)."""
     bad = (~torch.isfinite(x)).sum().item()
     if bad:
         raise ValueError(f"Quantizer input has {bad} NaN/Inf value(s) out of {x.numel()}; expected finite values")

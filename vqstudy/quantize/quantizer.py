@@ -27,7 +27,13 @@ from vqstudy.kernels import nearest_code
 from vqstudy.quantize import distributed as D
 from vqstudy.quantize.config import QuantizerConfig
 from vqstudy.quantize.kmeans import canonical_order, kmeans
-from vqstudy.quantize.outputs import QuantizeOutput, QuantizeStats, validate_indices, validate_input
+from vqstudy.quantize.outputs import (
+    QuantizeOutput,
+    QuantizeStats,
+    raise_if_not_finite,
+    validate_indices,
+    validate_input,
+)
 from vqstudy.quantize.usage import code_counts, usage_from_counts
 from vqstudy.quantize.vqp import VQPBackend
 
@@ -117,26 +123,39 @@ class Quantizer(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> QuantizeOutput:
         """Quantize x (..., dim). In training mode also updates the codebook state."""
-        validate_input(x, self.dim)
         if self.vqp is not None:
+            validate_input(x, self.dim)
             return self.vqp(x)
+        validate_input(x, self.dim, check_finite=False)  # finiteness: from the search's distances below
         cfg = self.config
         lead = x.shape[:-1]
         z = self._to_lookup(x.reshape(-1, cfg.dim))  # (N, d)
         updating = self.training
         if updating and not bool(self.initialized):
+            raise_if_not_finite(x)  # before anything is stored
             self._collect_for_kmeans(z.detach())
 
         codes = self._codes()
-        idx, _ = nearest_code(z.detach().float(), codes.detach().float(), backend=cfg.search_backend)
-        q = codes[idx].to(z.dtype)  # (N, d)
-        commit = F.mse_loss(z, q.detach())
-        codebook_loss = F.mse_loss(q, z.detach()) if cfg.update == "grad" else commit.detach()
+        idx, sqdist = nearest_code(z.detach().float(), codes.detach().float(), backend=cfg.search_backend)
+        dist_sum = sqdist.sum()  # the search's exact sum of ||z - q||^2
+        if not torch.isfinite(dist_sum):  # NaN/Inf input (raises) or merely overflowing distances (passes)
+            raise_if_not_finite(x)
+        # fast path (EMA codebook, plain straight-through): one autograd node for the lookup, the
+        # straight-through estimator and the commitment loss (same values and gradients as the general path)
+        fused = cfg.update == "ema" and not cfg.rotation_trick and not codes.requires_grad and z.requires_grad
+        if fused:
+            q_st, commit = _StraightThroughCommit.apply(z, codes.detach(), idx, dist_sum)
+            q = q_st.detach()
+            codebook_loss = commit.detach()
+        else:
+            q = codes.index_select(0, idx).to(z.dtype)  # (N, d)
+            commit = F.mse_loss(z, q.detach())
+            codebook_loss = F.mse_loss(q, z.detach()) if cfg.update == "grad" else commit.detach()
         loss = cfg.commitment_weight * commit
         if cfg.update == "grad":
             loss = loss + cfg.codebook_weight * codebook_loss
 
-        counts = code_counts(idx, cfg.codebook_size, check=False).float()  # (K,); ids come from the search
+        counts = code_counts(idx, cfg.codebook_size, check=False)  # (K,) float64; ids come from the search
         usage = usage_from_counts(counts)
         resets = 0
         if updating and bool(self.initialized):
@@ -148,7 +167,9 @@ class Quantizer(nn.Module):
 
         # straight-through estimator; z - sg(z) is exactly 0, so the value is exactly the code (decode_indices matches)
         # (without an input gradient, the output is the detached code: the model's loss never trains the codebook)
-        if not z.requires_grad:
+        if fused:
+            pass  # q_st came from _StraightThroughCommit
+        elif not z.requires_grad:
             q_st = q.detach()
         elif cfg.rotation_trick:  # value q, gradient (lambda R)^T g with R, lambda the rotation + rescale z -> q
             t = rotate_and_rescale(z, q.detach())
@@ -173,14 +194,17 @@ class Quantizer(nn.Module):
         Shares, not counts, so the test does not depend on batch size; before any usage was
         counted in the window, the EMA usage counts are used.
         """
-        usage = self.window_counts if self.window_counts.sum() > 0 else self.cluster_size
-        share = usage / usage.sum().clamp_min(1e-12)
-        return share < self.config.dead_code_threshold / self.codebook_size
+        total = self.window_counts.sum()
+        usage = self.window_counts
+        if not total > 0:
+            usage = self.cluster_size
+            total = usage.sum()
+        return usage < total.clamp_min(1e-12) * (self.config.dead_code_threshold / self.codebook_size)
 
     @torch.no_grad()
     def _update_usage_and_ema(self, z: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor) -> None:
         cfg = self.config
-        counts = D.all_reduce_sum(counts.clone())
+        counts = D.all_reduce_sum(counts.clone()) if D.is_distributed() else counts
         self.window_counts += counts
         self.cluster_size.mul_(cfg.decay).add_(counts, alpha=1 - cfg.decay)
         if cfg.update != "ema":
@@ -198,16 +222,19 @@ class Quantizer(nn.Module):
         """Keep the most recent encoder outputs (a random subset of each batch) in a ring buffer."""
         n, size = z.shape[0], self.reservoir_size
         take = min(n, max(size // 4, 1))
-        if take < n:
-            g = self._generator(salt=D.rank() + 1)
-            z = z[torch.randperm(n, generator=g)[:take].to(z.device)]
+        if take < n:  # every stride-th row from a per-step offset: spread over the batch, no permutation
+            stride = n // take
+            z = z[(int(self.step) + D.rank()) % stride::stride][:take]
         if self.reservoir is None:
             self.reservoir = torch.zeros(size, z.shape[1], device=z.device)
         elif self.reservoir.device != z.device:
             self.reservoir = self.reservoir.to(z.device)
         start = self.reservoir_seen % size
-        pos = (torch.arange(take, device=z.device) + start) % size
-        self.reservoir[pos] = z.float()
+        if start + take <= size:
+            self.reservoir[start:start + take] = z
+        else:
+            pos = (torch.arange(take, device=z.device) + start) % size
+            self.reservoir[pos] = z.float()
         self.reservoir_seen += take
 
     def _generator(self, salt: int = 0) -> torch.Generator:
@@ -319,6 +346,29 @@ class Quantizer(nn.Module):
             f"update={c.update}, kmeans_init={c.kmeans_init}, dead_code_reset={c.dead_code_reset}, "
             f"rotation_trick={c.rotation_trick}, simvq={c.simvq}"
         )
+
+
+class _StraightThroughCommit(torch.autograd.Function):
+    """(z (N, d), codes (K, d), idx (N,), sum of the searched distances) -> (codes[idx] with the
+    straight-through gradient to z, mean((z - codes[idx])^2)). Backward: dz = dq + dcommit * 2 (z - q) / (N d); the codes get none
+    (EMA-updated). Equals the graph `q.detach() + (z - z.detach())`, `F.mse_loss(z, q.detach())`."""
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, codes: torch.Tensor, idx: torch.Tensor,
+                dist_sum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = codes.index_select(0, idx).to(z.dtype)
+        commit = (dist_sum / z.numel()).to(z.dtype)  # dist_sum: the search's exact sum of ||z - q||^2
+        ctx.save_for_backward(z, q)
+        return q, commit
+
+    @staticmethod
+    def backward(ctx: Any, grad_q: torch.Tensor | None,
+                 grad_commit: torch.Tensor | None) -> tuple[Any, None, None, None]:
+        z, q = ctx.saved_tensors
+        if grad_commit is None:
+            return grad_q, None, None, None
+        scaled = (z - q) * (grad_commit * (2.0 / z.numel())).to(z.dtype)
+        return (scaled if grad_q is None else grad_q + scaled), None, None, None
 
 
 def rotate_and_rescale(z: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

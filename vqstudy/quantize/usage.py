@@ -45,8 +45,8 @@ def usage_from_counts(counts: torch.Tensor, dead_threshold: float = DEAD_CODE_TH
     k = counts.numel()
     total = counts.sum()
     probs = counts / total.clamp_min(1)
-    entropy = -(probs * probs.clamp_min(1e-300).log()).sum()
-    perplexity = entropy.exp() if total > 0 else torch.zeros((), dtype=counts.dtype, device=counts.device)
+    entropy = -torch.special.xlogy(probs, probs).sum()  # 0 log 0 = 0
+    perplexity = entropy.exp() * (total > 0)  # 0 when nothing was counted (no host sync)
     return Usage(
         utilization=(counts > 0).double().mean(),
         perplexity=perplexity,

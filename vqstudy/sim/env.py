@@ -43,6 +43,8 @@ MIN_METAWORLD = "3"
 SPLIT_BIT = 1 << 31
 """Evaluation initial-state seeds have this bit set, training seeds never do."""
 Split = Literal["train", "eval"]
+UPSIDE_DOWN_CAMERAS = ("corner", "corner2", "corner3")
+"""Cameras whose MuJoCo frames come out upside down with metaworld 3.1.1's camera poses; `render` flips them."""
 
 
 def import_metaworld() -> Any:
@@ -161,6 +163,7 @@ class MetaWorldEnv:
         """Steps taken since the last reset."""
         self.seed: int | None = None
         """Initial-state seed of the current episode."""
+        self._renderers: dict[tuple[int, int], Any] = {}
 
     @property
     def dt(self) -> float:
@@ -213,7 +216,37 @@ class MetaWorldEnv:
         self._env.curr_path_length = snap.path_length
         self.steps = snap.steps
 
+    def render(self, size: int = 64, camera: str = "corner2") -> np.ndarray:
+        """(size, size, 3) uint8 RGB frame of the current state from the model camera `camera`.
+
+        Needs an OpenGL backend chosen before MuJoCo is imported: MUJOCO_GL=egl (GPU) or
+        MUJOCO_GL=osmesa (CPU; Debian's libosmesa6). Rendering does not change the simulator state.
+        """
+        if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+            raise ValueError(f"render size ({size!r}) must be an integer >= 8 pixels")
+        model = self._env.model
+        cameras = [model.camera(i).name for i in range(model.ncam)]
+        if camera not in cameras:
+            raise ValueError(f"camera ({camera!r}) must be one of this model's cameras {cameras}")
+        renderer = self._renderers.get((size, size))
+        if renderer is None:
+            try:
+                renderer = self._mujoco.Renderer(model, size, size)
+            except Exception as e:  # no GL context: the backend is missing or MUJOCO_GL is unset
+                raise RuntimeError(
+                    f"MuJoCo could not create an offscreen renderer ({e}); set MUJOCO_GL=egl (GPU) or "
+                    "MUJOCO_GL=osmesa (CPU, apt install libosmesa6) before starting Python") from e
+            self._renderers[(size, size)] = renderer
+        renderer.update_scene(self._env.data, camera=camera)
+        frame = renderer.render()
+        if camera in UPSIDE_DOWN_CAMERAS:
+            frame = frame[::-1]
+        return np.ascontiguousarray(frame)
+
     def close(self) -> None:
+        for renderer in self._renderers.values():
+            renderer.close()
+        self._renderers.clear()
         self._env.close()
 
 
