@@ -125,3 +125,26 @@ def test_real_render_reads_without_changing_the_simulator():
             env.render(64, "nope")
     finally:
         env.close()
+
+
+def test_frame_cache_renders_once_for_rungs_that_share_size_and_camera(quick_demos):
+    from vqstudy.policy.demos import load_demos
+    from vqstudy.policy.pixels import PixelFeaturizer, pixel_demo_data
+
+    data = load_demos(quick_demos, horizon=4, val_fraction=0.25, max_episodes=2)
+    calls = []
+
+    def render(env):
+        calls.append(1)
+        return synthetic_frame(env)
+
+    spec = EncoderSpec(name="a", kind="pixels", backbone="random_cnn", image_size=SIZE, feature_grid=1)
+    cache: dict = {}
+    first, stats = pixel_demo_data(data, PixelFeaturizer(spec, seed=0), render, cache)
+    rendered = len(calls)
+    assert rendered == len(data.train.obs) + len(data.val.obs) == stats["frames"]
+    second, _ = pixel_demo_data(data, PixelFeaturizer(spec, seed=1), render, cache)
+    assert len(calls) == rendered  # frames came from the cache
+    assert first.train.obs.shape == second.train.obs.shape == (len(data.train.obs), 256)
+    assert not torch.equal(first.train.obs, second.train.obs)  # another backbone, other features
+    assert torch.equal(first.train.states, data.train.obs)  # the states stay for the probes

@@ -177,6 +177,7 @@ def run_grid(cfg: GridConfig, on_row: Any = None) -> Path:
     env_cache: dict[str, list] = {}
     specs = {t.name: t for t in cfg.tokenizers}
     pixel_rungs: dict[str, tuple] = {}  # rung name -> (featurizer, pixel DemoData, render stats)
+    frames: dict = {}  # rendered demonstration frames, shared by pixel rungs with the same size and camera
     for seed in cfg.seeds:
         ends = (cfg.encoders[0], cfg.encoders[-1])  # the lift's two ends first, head by head, then the middle
         order = [(e, h) for h in cfg.heads for e in ends] + [(e, h) for e in cfg.encoders[1:-1] for h in cfg.heads]
@@ -196,7 +197,7 @@ def run_grid(cfg: GridConfig, on_row: Any = None) -> Path:
             if encoder.kind == "pixels":  # frames rendered and featurized once per rung, reused by every head
                 if encoder.name not in pixel_rungs:
                     featurizer = PixelFeaturizer(encoder)
-                    pixel_rungs[encoder.name] = (featurizer, *pixel_demo_data(data, featurizer))
+                    pixel_rungs[encoder.name] = (featurizer, *pixel_demo_data(data, featurizer, frame_cache=frames))
                 featurizer, rung_data, _ = pixel_rungs[encoder.name]
             trained = train_policy(rung_data, encoder, head.kind, cfg.head, seed, tok, normalizer, cfg.probe_ridge)
             if cfg.save_policies:

@@ -129,41 +129,57 @@ def replay_frames(env: MetaWorldEnv, seed: int, actions: np.ndarray, states: np.
     return np.stack(frames)
 
 
-def _pixel_samples(samples: Samples, task_names: Sequence[str], seeds: dict[str, int], featurizer: PixelFeaturizer,
-                   render: Renderer, envs: dict[str, MetaWorldEnv]) -> tuple[Samples, int]:
-    feats = torch.empty(len(samples.obs), featurizer.out_dim)
-    frames_done = 0
+def _render_split(samples: Samples, task_names: Sequence[str], seeds: dict[str, int], render: Renderer,
+                  envs: dict[str, MetaWorldEnv]) -> np.ndarray:
+    """(N, H, W, 3) frames of every sample of a split, in sample order (episodes replayed one by one)."""
+    frames: np.ndarray | None = None
     for number, name in enumerate(samples.episode_names):
         rows = (samples.episodes == number).nonzero().flatten()  # consecutive, in step order
         if name not in seeds:
             raise ValueError(f"{name} has no recorded seed in the dataset's episode table")
         task = task_names[int(samples.tasks[rows[0]])]
         env = envs.setdefault(task, MetaWorldEnv(task))
-        frames = replay_frames(env, seeds[name], samples.chunks[rows, 0].numpy(), samples.obs[rows].numpy(), render,
-                               name)
-        feats[rows] = featurizer.featurize(frames)
-        frames_done += len(frames)
-    return samples._replace(obs=feats, states=samples.obs), frames_done
+        episode = replay_frames(env, seeds[name], samples.chunks[rows, 0].numpy(), samples.obs[rows].numpy(), render,
+                                name)
+        if frames is None:
+            frames = np.empty((len(samples.obs), *episode.shape[1:]), dtype=np.uint8)
+        frames[rows.numpy()] = episode
+    assert frames is not None
+    return frames
 
 
-def pixel_demo_data(data: DemoData, featurizer: PixelFeaturizer, render: Renderer | None = None) -> tuple[DemoData, dict]:
+def pixel_demo_data(data: DemoData, featurizer: PixelFeaturizer, render: Renderer | None = None,
+                    frame_cache: dict | None = None) -> tuple[DemoData, dict]:
     """`data` with every sample's observation replaced by the frozen CNN's features of its rendered frame
-    (states kept for the probes); also returns {frames, render_seconds}."""
+    (states kept for the probes); also returns {frames, render_seconds}. `frame_cache` (a dict kept by
+    the caller) reuses the frames of an earlier call with the same image size and camera (rendering is
+    the slow part; rungs that differ only in the backbone share it)."""
     if not data.train.episode_names or not data.val.episode_names:
         raise ValueError("pixel features need DemoData from `load_demos` (it records each sample's episode name)")
-    render = render or renderer_for(featurizer.spec)
-    seeds = read_episode_seeds(data.root)
-    envs: dict[str, MetaWorldEnv] = {}
+    spec = featurizer.spec
+    key = (data.root, tuple(data.task_names), len(data.train.obs), len(data.val.obs), spec.image_size, spec.camera)
     start = time.perf_counter()
-    try:
-        train, n_train = _pixel_samples(data.train, data.task_names, seeds, featurizer, render, envs)
-        val, n_val = _pixel_samples(data.val, data.task_names, seeds, featurizer, render, envs)
-    finally:
-        for env in envs.values():
-            env.close()
-    seconds = time.perf_counter() - start
-    logger.info("%s: %d frames rendered and featurized in %.0f s", featurizer.spec.name, n_train + n_val, seconds)
-    return data._replace(train=train, val=val), {"frames": n_train + n_val, "render_seconds": seconds}
+    if frame_cache is not None and key in frame_cache:
+        frames = frame_cache[key]
+    else:
+        render = render or renderer_for(spec)
+        seeds = read_episode_seeds(data.root)
+        envs: dict[str, MetaWorldEnv] = {}
+        try:
+            frames = tuple(_render_split(split, data.task_names, seeds, render, envs) for split in (data.train, data.val))
+        finally:
+            for env in envs.values():
+                env.close()
+        if frame_cache is not None:
+            frame_cache[key] = frames
+    render_s = time.perf_counter() - start
+    train = data.train._replace(obs=featurizer.featurize(frames[0]), states=data.train.obs)
+    val = data.val._replace(obs=featurizer.featurize(frames[1]), states=data.val.obs)
+    n = len(frames[0]) + len(frames[1])
+    logger.info("%s: %d frames (%.0f s rendering), featurized in %.0f s", spec.name, n, render_s,
+                time.perf_counter() - start - render_s)
+    return data._replace(train=train, val=val), {"frames": n, "render_seconds": render_s,
+                                                 "cnn_seconds": time.perf_counter() - start - render_s}
 
 
 class PixelPolicySource(PolicySource):
