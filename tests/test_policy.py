@@ -176,6 +176,7 @@ def test_bootstrap_and_verdict():
     assert mean == low == high == pytest.approx(0.1)
     assert verdict(0.01, 0.2) == "yes" and verdict(-0.2, -0.01) == "no" and verdict(-0.1, 0.1) == "inconclusive"
     assert verdict(-0.01, 0.03, no_below=0.05) == "no"
+    assert verdict(0.01, 0.2, cells=2).startswith("inconclusive (2 cells") and verdict(0.01, 0.2, cells=5) == "yes"
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("policy_*.yaml")), ids=lambda p: p.name)

@@ -113,9 +113,15 @@ def paired_difference(a: dict[tuple, float], b: dict[tuple, float], n_boot: int 
     return mean, low, high, len(shared)
 
 
-def verdict(low: float, high: float, no_below: float | None = None) -> str:
+MIN_CELLS = 5
+"""Fewer paired (seed, task) cells than this: a bootstrap interval means nothing, the answer is inconclusive."""
+
+
+def verdict(low: float, high: float, no_below: float | None = None, cells: int | None = None) -> str:
     if np.isnan(low):
         return "inconclusive (not run)"
+    if cells is not None and cells < MIN_CELLS:
+        return f"inconclusive ({cells} cells < {MIN_CELLS})"
     if low > 0:
         return "yes"
     if high < 0 or (no_below is not None and high < no_below):
@@ -132,7 +138,7 @@ def check_claims(rows: Sequence[dict[str, Any]], reference_head: str, margin: fl
         x = lf[head]
         claims.append({"claim": f"1. continuous head '{head}': a better encoder lifts success",
                        "estimate": x["lift"], "low": x["low"], "high": x["high"], "cells": x["cells"],
-                       "answer": verdict(x["low"], x["high"], margin),
+                       "answer": verdict(x["low"], x["high"], margin, x["cells"]),
                        "what": f"success({x['best']}) - success({x['worst']})"})
     if not any(h in CONTINUOUS for h in lf):
         claims.append({"claim": "1. continuous head: a better encoder lifts success", "estimate": float("nan"),
@@ -149,7 +155,7 @@ def check_claims(rows: Sequence[dict[str, Any]], reference_head: str, margin: fl
     else:
         claims.append({"claim": f"2. fixed codebook '{reference_head}': a better encoder barely lifts success "
                                 f"(lift < {barely:.2f})", "estimate": ref["lift"], "low": ref["low"], "high": ref["high"],
-                       "cells": ref["cells"], "answer": verdict(barely - ref["high"], barely - ref["low"]),
+                       "cells": ref["cells"], "answer": verdict(barely - ref["high"], barely - ref["low"], cells=ref["cells"]),
                        "what": f"success({ref['best']}) - success({ref['worst']})"})
         for head in [h for h in lf if h in CONTINUOUS]:
             mean, low, high, n = paired_difference(lf[head]["diffs"], ref["diffs"], n_boot)
@@ -157,7 +163,7 @@ def check_claims(rows: Sequence[dict[str, Any]], reference_head: str, margin: fl
             a = float(np.mean([lf[head]["diffs"][c] for c in shared])) if shared else float("nan")
             b = float(np.mean([ref["diffs"][c] for c in shared])) if shared else float("nan")
             claims.append({"claim": f"2b. '{reference_head}' lifts less than '{head}'", "estimate": mean, "low": low,
-                           "high": high, "cells": n, "answer": verdict(low, high),
+                           "high": high, "cells": n, "answer": verdict(low, high, cells=n),
                            "what": f"lift({head}) - lift({reference_head}) on shared cells = {a:.3f} - {b:.3f}"})
     parallel = sorted({(r["vocab_size"], r["head"]) for r in rows if r["head_kind"] == "parallel" and r["head"] in lf})
     if len(parallel) >= 2:
@@ -167,7 +173,7 @@ def check_claims(rows: Sequence[dict[str, Any]], reference_head: str, margin: fl
         lf_large = float(np.mean([lf[large]["diffs"][c] for c in shared])) if shared else float("nan")
         lf_small = float(np.mean([lf[small]["diffs"][c] for c in shared])) if shared else float("nan")
         claims.append({"claim": f"3. a larger codebook restores lift (K={k_large} vs K={k_small})", "estimate": mean,
-                       "low": low, "high": high, "cells": n, "answer": verdict(low, high),
+                       "low": low, "high": high, "cells": n, "answer": verdict(low, high, cells=n),
                        "what": f"lift({large}) - lift({small}) on shared cells = {lf_large:.3f} - {lf_small:.3f}"})
     else:
         claims.append({"claim": "3. a larger codebook restores lift", "estimate": float("nan"), "low": float("nan"),
