@@ -4,6 +4,7 @@
     python scripts/run_bottleneck.py --ends-seed 1        # seed 1 on the poorest and best rungs, 4 heads (also 2)
     python scripts/run_bottleneck.py --fill-seed 1        # seed 1: flow, K=1024, AR on the ends; mlp, K=256 in the middle
     python scripts/run_bottleneck.py --report A B --out results/bottleneck_metaworld   # merge rows, write the report
+    python scripts/run_bottleneck.py --report S0 S1 S2 --config configs/policy_grid_mt10.yaml --out results/bottleneck_mt10
     vqstudy policy grid --config configs/policy_grid_metaworld.yaml --set seeds=[0] --set encoders=[...] \
         --set heads=[...] --out DIR                       # any other slice of the grid, merged the same way
 
@@ -37,11 +38,12 @@ if __name__ == "__main__":
                         help="the rows --ends-seed leaves out for this seed: flow, K=1024, AR at the ends, mlp and K=256 in the middle")
     parser.add_argument("--report", nargs="+", help="grid folders whose rows.jsonl are merged into --out")
     parser.add_argument("--out", default="runs/bottleneck_metaworld")
+    parser.add_argument("--config", default=CONFIG, help=f"grid config of the report (default {CONFIG})")
     args = parser.parse_args()
     if args.report:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        ladder = [e.name for e in load_grid_config(CONFIG).encoders]
+        ladder = [e.name for e in load_grid_config(args.config).encoders]
         rows, seen = [], set()
         for d in args.report:  # the first folder's row wins when two ran the same (seed, rung, head)
             for line in (Path(d) / "rows.jsonl").read_text().splitlines():
@@ -51,7 +53,7 @@ if __name__ == "__main__":
                     seen.add(key)
                     rows.append(json.dumps({**row, "rung": ladder.index(row["encoder"])}))  # index in the full ladder
         (out / "rows.jsonl").write_text("\n".join(rows) + "\n")
-        sys.exit(main(["policy", "grid", "--config", CONFIG, "--report-only", "--out", str(out)]))
+        sys.exit(main(["policy", "grid", "--config", args.config, "--report-only", "--out", str(out)]))
     if args.fill_seed is not None:
         extra = ["--set", f"seeds=[{args.fill_seed}]", *FILL, "--out", f"{args.out}_fill{args.fill_seed}"]
     elif args.ends_seed is not None:
