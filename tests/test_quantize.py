@@ -351,3 +351,53 @@ def test_fused_straight_through_matches_the_autograd_graph():
     assert torch.allclose(commit, ref_commit, rtol=1e-5)
     assert torch.allclose(fused, z.grad, rtol=1e-5, atol=1e-7)
     assert not torch.equal(fused, w)  # the commitment term contributes
+
+
+def test_affine_codes_follow_the_encoder_statistics_and_leave_the_codebook_alone():
+    from vqstudy.quantize import Quantizer
+
+    g = torch.Generator().manual_seed(0)
+    q = Quantizer(dim=6, codebook_size=32, update="grad", affine=True, kmeans_init=False, dead_code_reset=False).train()
+    raw = q.codebook.detach().clone()
+    mean, std = torch.tensor([3.0, -1.0, 0.0, 5.0, 2.0, -4.0]), torch.tensor([2.0, 0.5, 1.0, 3.0, 0.1, 1.5])
+    x = torch.randn(4096, 6, generator=g) * std + mean
+    q(x)
+    codes = q.codebook_vectors()
+    assert torch.allclose(codes.mean(0), x.mean(0), atol=1e-4)
+    assert torch.allclose(codes.std(0, unbiased=False), x.std(0, unbiased=False), rtol=1e-3)
+    assert torch.equal(q.codebook.detach(), raw)  # the parameters move only by the optimizer
+    before = q.affine_mean.clone()
+    q(x + 10.0)  # later batches move the running statistics by the momentum only
+    assert torch.allclose(q.affine_mean, before + 0.1 * 10.0, atol=1e-3)
+    q.eval()
+    q(x + 100.0)  # evaluation never updates them
+    assert torch.allclose(q.affine_mean, before + 0.1 * 10.0, atol=1e-3)
+
+
+def test_sync_update_gives_the_codes_nu_times_the_output_gradient():
+    from vqstudy.quantize import Quantizer
+
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(200, 4, generator=g), torch.randn(200, 4, generator=g)
+    grads = {}
+    for nu in (0.0, 0.5):
+        q = Quantizer(dim=4, codebook_size=8, update="grad", sync_nu=nu, kmeans_init=False, dead_code_reset=False,
+                      commitment_weight=0.0, codebook_weight=0.0).train()
+        out = q(x.clone().requires_grad_(True))
+        (out.quantized * w).sum().backward()
+        grads[nu] = q.codebook.grad
+        idx = out.indices
+    assert grads[0.0] is None or torch.count_nonzero(grads[0.0]) == 0
+    expected = 0.5 * torch.zeros(8, 4).index_add_(0, idx, w)
+    assert torch.allclose(grads[0.5], expected, atol=1e-6)
+
+
+def test_affine_and_sync_need_gradient_updates():
+    from vqstudy.quantize import QuantizerConfig
+
+    with pytest.raises(ValueError, match="update='grad'"):
+        QuantizerConfig(dim=4, affine=True)
+    with pytest.raises(ValueError, match="update='grad'"):
+        QuantizerConfig(dim=4, sync_nu=0.2)
+    with pytest.raises(ValueError, match="sync_nu"):
+        QuantizerConfig(dim=4, update="grad", sync_nu=-1.0)

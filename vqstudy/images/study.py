@@ -45,6 +45,9 @@ KMEANS_RESET = {"codebook_dim": None}
 """k-means init + dead-code resets (the base config's), full-width codes."""
 ROTATION = {"rotation_trick": True}
 """The base config (k-means, resets, code dim 8) with the rotation trick (arXiv 2410.06424)."""
+AFFINE_SYNC = {"update": "grad", "affine": True, "sync_nu": 0.2}
+"""The base config (k-means, resets, code dim 8) with a gradient-learned codebook under vqtorch's affine
+reparameterization and synchronized update (arXiv 2305.08842; nu = 0.2, vqtorch's example value)."""
 SIMVQ = {"simvq": True, "update": "grad", "kmeans_init": False, "dead_code_reset": False, "codebook_dim": None}
 """SimVQ (arXiv 2411.02038): frozen random codebook, learned linear map, no init or resets, full-width codes."""
 
@@ -61,6 +64,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
     "rotation": both_levels(ROTATION),
     "simvq": both_levels(SIMVQ),
+    "affine_sync": both_levels(AFFINE_SYNC),
     # systematic tuning at fixed bits, single-level: code dim, grid size
     "single_cdim4": {"models": ["single"], "single_quantizer": {"codebook_dim": 4}},
     "single_cdim16": {"models": ["single"], "single_quantizer": {"codebook_dim": 16}},
@@ -71,7 +75,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 """Variant name -> PairConfig overrides on the base config. 'full' = the base config (k-means, resets, code dim 8)."""
 
-EQUAL_TUNING = ("plain", "kmeans_reset", "full", "rotation", "simvq")
+EQUAL_TUNING = ("plain", "kmeans_reset", "full", "rotation", "simvq", "affine_sync")
 """Variants trained for both models of the pair."""
 
 
@@ -321,7 +325,7 @@ def comparison_pairs(variants: tuple[str, ...]) -> list[tuple[tuple[str, str], t
         for v in EQUAL_TUNING[1:]:
             if v in variants and "plain" in variants:
                 pairs.append(((v, model), ("plain", model)))
-        for v in ("rotation", "simvq", "kmeans_reset"):
+        for v in ("rotation", "simvq", "affine_sync", "kmeans_reset"):
             if v in variants and "full" in variants:
                 pairs.append(((v, model), ("full", model)))
     if "full" in variants:

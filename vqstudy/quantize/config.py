@@ -64,6 +64,15 @@ class QuantizerConfig:
     simvq: bool = False
     """SimVQ: a frozen random codebook C reparameterized by one learned linear map W, codes = C W, trained by gradient (arXiv 2411.02038)."""
 
+    affine: bool = False
+    """Affine reparameterization (vqtorch, arXiv 2305.08842): codes = (C - mean(C)) / std(C) x std(z) + mean(z) per
+    dim, z's statistics tracked as running averages, so the whole codebook follows the encoder's outputs; update='grad'."""
+    affine_momentum: float = 0.1
+    """Weight of each training batch in the running mean/variance of z used by `affine`."""
+    sync_nu: float = 0.0
+    """Synchronized update (arXiv 2305.08842): the codes also receive sync_nu x the task-loss gradient of their
+    quantized outputs (the value is unchanged); 0 turns it off; update='grad'."""
+
     dim_from_owner: ClassVar[bool] = False
     """True for configs whose `dim` a model fills in later (see `LevelQuantizerConfig`)."""
 
@@ -89,8 +98,15 @@ class QuantizerConfig:
                 f"update='grad' (got {self.update!r}), kmeans_init=False (got {self.kmeans_init}) and "
                 f"dead_code_reset=False (got {self.dead_code_reset}); the random codebook is never re-seeded"
             )
-        if (self.simvq or self.rotation_trick) and self.backend != "vqstudy":
-            raise ValueError(f"{owner}: simvq/rotation_trick need backend='vqstudy', not {self.backend!r}")
+        if (self.simvq or self.rotation_trick or self.affine or self.sync_nu) and self.backend != "vqstudy":
+            raise ValueError(f"{owner}: simvq/rotation_trick/affine/sync_nu need backend='vqstudy', not {self.backend!r}")
+        if (self.affine or self.sync_nu) and self.update != "grad":
+            raise ValueError(f"{owner}: affine ({self.affine}) and sync_nu ({self.sync_nu}) shape a codebook learned by "
+                             f"gradient: they need update='grad', got {self.update!r}")
+        if not (isinstance(self.sync_nu, (int, float)) and 0 <= self.sync_nu <= 10):
+            raise ValueError(f"{owner}.sync_nu ({self.sync_nu!r}) must be a number in [0, 10]")
+        if not 0.0 < self.affine_momentum <= 1.0:
+            raise ValueError(f"{owner}.affine_momentum ({self.affine_momentum}) must be in (0, 1]")
         if not 0.0 < self.decay < 1.0:
             raise ValueError(f"QuantizerConfig.decay ({self.decay}) must be in (0, 1)")
         if not self.eps > 0:

@@ -82,6 +82,10 @@ class Quantizer(nn.Module):
         else:
             self.register_buffer("codebook", codebook)
             self.register_buffer("embed_sum", codebook.clone())  # EMA of per-code sums of assigned vectors
+        if cfg.affine:  # running per-dim statistics of the encoder outputs z (lookup space)
+            self.register_buffer("affine_mean", torch.zeros(d))
+            self.register_buffer("affine_var", torch.ones(d))
+            self.register_buffer("affine_seen", torch.tensor(False))
         self.register_buffer("cluster_size", torch.ones(k))  # EMA of per-code usage counts
         self.register_buffer("window_counts", torch.zeros(k))  # usage since the last dead-code check
         self.register_buffer("initialized", torch.tensor(not cfg.kmeans_init))
@@ -106,7 +110,24 @@ class Quantizer(nn.Module):
     def _codes(self) -> torch.Tensor:
         """(K, d) the codes in lookup space (C W under SimVQ; differentiable unless EMA-updated)."""
         codes = self.codebook if self.codebook_transform is None else self.codebook_transform(self.codebook)
+        if self.config.affine:  # whiten the codes per dim, then give them the encoder outputs' running statistics
+            mean, std = codes.mean(0), codes.std(0, unbiased=False).clamp_min(1e-6)
+            codes = (codes - mean) / std * self.affine_var.clamp_min(1e-12).sqrt() + self.affine_mean
         return F.normalize(codes, dim=-1) if self.config.cosine else codes
+
+    @torch.no_grad()
+    def _update_affine_stats(self, z: torch.Tensor) -> None:
+        """Running mean/variance of z (N, d), all ranks' vectors pooled; the first batch sets them."""
+        z = z.float()
+        stats = D.all_reduce_sum(torch.cat([z.sum(0), z.square().sum(0), z.new_tensor([z.shape[0]])]))
+        d = z.shape[1]
+        n = stats[-1].clamp_min(1)
+        mean = stats[:d] / n
+        var = (stats[d:2 * d] / n - mean.square()).clamp_min(0)
+        m = 1.0 if not bool(self.affine_seen) else self.config.affine_momentum
+        self.affine_mean.lerp_(mean, m)
+        self.affine_var.lerp_(var, m)
+        self.affine_seen.fill_(True)
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Code ids (...,) -> vectors (..., dim) in model space."""
@@ -134,6 +155,10 @@ class Quantizer(nn.Module):
         if updating and not bool(self.initialized):
             raise_if_not_finite(x)  # before anything is stored
             self._collect_for_kmeans(z.detach())
+        if updating and cfg.affine:
+            if bool(self.initialized):
+                raise_if_not_finite(x)  # the running statistics must not take NaN/Inf in
+            self._update_affine_stats(z.detach())
 
         codes = self._codes()
         idx, sqdist = nearest_code(z.detach().float(), codes.detach().float(), backend=cfg.search_backend)
@@ -176,6 +201,8 @@ class Quantizer(nn.Module):
             q_st = q.detach() + (t - t.detach())
         else:
             q_st = q.detach() + (z - z.detach())
+        if cfg.sync_nu and not fused:  # value unchanged; the codes get sync_nu x the gradient of their outputs
+            q_st = q_st + cfg.sync_nu * (q - q.detach())
         quantized = self.project_out(q_st).reshape(*lead, cfg.dim)
         stats = QuantizeStats(
             perplexity=usage.perplexity.float(),
@@ -344,7 +371,7 @@ class Quantizer(nn.Module):
         return (
             f"dim={c.dim}, codebook_size={c.codebook_size}, lookup_dim={c.lookup_dim}, cosine={c.cosine}, "
             f"update={c.update}, kmeans_init={c.kmeans_init}, dead_code_reset={c.dead_code_reset}, "
-            f"rotation_trick={c.rotation_trick}, simvq={c.simvq}"
+            f"rotation_trick={c.rotation_trick}, simvq={c.simvq}, affine={c.affine}, sync_nu={c.sync_nu}"
         )
 
 
