@@ -347,3 +347,25 @@ def test_bench_skips_with_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     assert bench.compare_ids(x, codebook, ids, ids) == {"ids_differ": 0}
     wrong = bench.compare_ids(x, codebook, torch.tensor([0, 1, 0]), ids)
     assert wrong["ids_differ"] == 1 and wrong["ref_closer"] == 1 and wrong["max_gap"] == 4.0
+
+
+def test_readme_table_is_regenerated_between_its_markers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from vqstudy.bench import README_BEGIN, README_END, update_readme
+
+    results = {"entries": [
+        {"n": 64, "k": 8, "d": 4, "methods": [
+            {"method": "vqstudy", "time_s": 0.002, "ratio_gemm": 0.5}, {"method": "faiss", "time_s": 0.001},
+            {"method": "vqstudy_train", "time_s": 0.004}, {"method": "vqp_train", "time_s": 0.010}]},
+        {"n": 128, "k": 8, "d": 4, "methods": [
+            {"method": "vqstudy", "time_s": 0.001, "ratio_gemm": 0.6}, {"method": "faiss", "time_s": 0.003},
+            {"method": "vqp_train", "skipped": "too big"}]}]}
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nold table\n{README_END}\noutro\n")
+    update_readme(readme, results)
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("intro\n") and text.endswith("outro\n")
+    assert "| 64, 8, 4 | 2.0 ms | 1.0 ms | **0.50** | 0.50 | 4.0 ms / 10.0 ms | **2.5x** |" in text  # shortfalls in bold
+    assert "| 128, 8, 4 | 1.0 ms | 3.0 ms | 3.00 | 0.60 | not run" in text
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="no .* block"):
+        update_readme(readme, results)

@@ -40,6 +40,8 @@ from typing import Any
 
 import torch
 
+from vqstudy.files import write_atomic
+
 from vqstudy.machine import loadavg, machine_info
 
 log = logging.getLogger(__name__)
@@ -611,6 +613,48 @@ def write_results(results: dict[str, Any], out_dir: Path, command: str) -> tuple
     return md, js
 
 
+README_BEGIN = "<!-- bench_nearest table: begin (written by scripts/bench_nearest.py --readme README.md) -->"
+README_END = "<!-- bench_nearest table: end -->"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def readme_table(results: dict[str, Any]) -> str:
+    """The README's summary of a CPU run: per shape, vqstudy vs FAISS, the GEMM share and the training step vs vqp."""
+    lines = ["| (N, K, D) | vqstudy | FAISS | FAISS time / vqstudy time | vqstudy share of same-run GEMM | "
+             "training step: vqstudy / vqp | step speedup vs vqp |",
+             "|---|---|---|---|---|---|---|"]
+    for e in results["entries"]:
+        m = {row["method"]: row for row in e["methods"]}
+        own, faiss = m.get("vqstudy", {}), m.get("faiss", {})
+        step, ref = m.get("vqstudy_train", {}), m.get("vqp_train", {})
+        if "time_s" not in own:
+            continue
+        peer, ratio = "-", "-"
+        if "time_s" in faiss:
+            r = faiss["time_s"] / own["time_s"]
+            peer, ratio = _ms(faiss["time_s"]), (f"**{r:.2f}**" if r < 1 else f"{r:.2f}")
+        steps, speed = "not run (vqp needs the (N, K) matrix)", ""
+        if "time_s" in step and "time_s" in ref:
+            sp = ref["time_s"] / step["time_s"]
+            steps, speed = f"{_ms(step['time_s'])} / {_ms(ref['time_s'])}", (f"**{sp:.1f}x**" if sp < 5 else f"{sp:.1f}x")
+        lines.append(f"| {e['n']}, {e['k']}, {e['d']} | {_ms(own['time_s'])} | {peer} | {ratio} | "
+                     f"{own['ratio_gemm']:.2f} | {steps} | {speed} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(readme: Path, results: dict[str, Any]) -> None:
+    """Replace the table between README_BEGIN and README_END in `readme` with `readme_table(results)`."""
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{readme} has no '{README_BEGIN}' ... '{README_END}' block to regenerate")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    write_atomic(readme, (head + README_BEGIN + "\n\n" + readme_table(results) + "\n" + README_END + tail).encode())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: parse options, run the benchmark, write results/bench_nearest.{md,json}."""
     parser = argparse.ArgumentParser(prog="bench_nearest", description=__doc__.split("\n")[0])
@@ -626,7 +670,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="methods to run (default: every method of the device)")  # fmt: skip
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cpu (default) or cuda: Triton kernel vs addmm, cdist and vqp; writes bench_nearest_cuda.*")  # fmt: skip
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="also regenerate the nearest-code table of this README from the run")
+    parser.add_argument("--readme-only", action="store_true",
+                        help="run nothing: regenerate --readme's table from <out>/bench_nearest.json")
     args = parser.parse_args(argv)
+    if args.readme_only:
+        if args.readme is None:
+            parser.error("--readme-only needs --readme PATH")
+        update_readme(args.readme, json.loads((args.out / "bench_nearest.json").read_text()))
+        log.info("regenerated the table of %s from %s", args.readme, args.out / "bench_nearest.json")
+        return 0
     default_methods = CUDA_SEARCH_METHODS if args.device == "cuda" else SEARCH_METHODS + TRAIN_METHODS
     grid = QUICK_GRID if args.quick else GRID
     if args.grid:
@@ -651,6 +705,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run_bench(cfg, on_entry=lambda partial: write_results(partial, args.out, command))
     md, js = write_results(results, args.out, command)
     log.info("wrote %s and %s", md, js)
+    if args.readme is not None and args.device == "cpu":
+        update_readme(args.readme, results)
     return 0
 
 
