@@ -73,7 +73,8 @@ def test_pixel_features_carry_the_state_and_the_grid_runs_on_pixels(quick_demos,
                 f"{{name: pix, kind: pixels, backbone: random_cnn, image_size: {SIZE}, feature_grid: 2}}]")
     code = main(["policy", "grid", "--config", str(CONFIGS / "policy_grid_quick.yaml"), "--set", f"data.root={quick_demos}",
                  "--set", f"encoders={encoders}", "--set", "heads=[{name: mlp, kind: mlp}, "
-                 "{name: parallel_vq4, kind: parallel, tokenizer: vq4}]", "--out", str(out)])
+                 "{name: parallel_vq4, kind: parallel, tokenizer: vq4}]", "--set", "save_policies=true",
+                 "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     rows = {(r["encoder"], r["head"]): r for r in map(json.loads, (out / "rows.jsonl").read_text().splitlines())}
     assert set(rows) == {(e, h) for e in ("proj1", "pix") for h in ("mlp", "parallel_vq4")}
@@ -82,6 +83,12 @@ def test_pixel_features_carry_the_state_and_the_grid_runs_on_pixels(quick_demos,
     assert pix["probe_r2_hand"] > 0.5 > rows["proj1", "mlp"]["probe_r2_hand"]
     assert pix["pixel_render"]["frames"] > 100 and pix["n"] == 4
     assert pix["source_stats"]["render_ms_per_call"] > 0 and pix["source_stats"]["cnn_ms_per_call"] > 0
+    # a saved pixel policy evaluates from its folder alone: the featurizer is rebuilt from its encoder spec
+    code = main(["policy", "eval", "--policy", str(out / "policies" / "0" / "pix" / "mlp"), "--tasks", "reach-v3",
+                 "--n", "2", "--max-steps", "8", "--num-envs", "2", "--out", str(tmp_path / "eval")])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())[0]
+    assert result["overall"]["n"] == 2 and result["source_stats"]["render_ms_per_call"] > 0
 
 
 def test_alexnet_backbone_is_the_lpips_trunk():

@@ -212,9 +212,9 @@ def cmd_policy_train(args: argparse.Namespace) -> int:
 
 def _policy_source(args: argparse.Namespace) -> Any:
     from vqstudy.policy.model import LearnedPolicy
-    from vqstudy.policy.source import PolicySource
+    from vqstudy.policy.pixels import policy_source
 
-    return PolicySource(LearnedPolicy.from_pretrained(args.policy), args.execute)
+    return policy_source(LearnedPolicy.from_pretrained(args.policy), args.execute)
 
 
 def cmd_policy_eval(args: argparse.Namespace) -> int:

@@ -27,8 +27,7 @@ from vqstudy.policy.encoders import EncoderSpec
 from vqstudy.policy.heads import HeadConfig
 from vqstudy.policy.learn import PolicyDataConfig, fit_action_tokenizer, fit_normalizer, train_policy
 from vqstudy.policy.model import DISCRETE, HEAD_KINDS
-from vqstudy.policy.pixels import PixelFeaturizer, PixelPolicySource, pixel_demo_data
-from vqstudy.policy.source import PolicySource
+from vqstudy.policy.pixels import PixelFeaturizer, pixel_demo_data, policy_source
 from vqstudy.sim.env import DEFAULT_MAX_STEPS
 from vqstudy.sim.rollout import RolloutConfig, evaluate
 
@@ -202,8 +201,7 @@ def run_grid(cfg: GridConfig, on_row: Any = None) -> Path:
             trained = train_policy(rung_data, encoder, head.kind, cfg.head, seed, tok, normalizer, cfg.probe_ridge)
             if cfg.save_policies:
                 trained.policy.save_pretrained(out / "policies" / str(seed) / encoder.name / head.name)
-            source = (PolicySource(trained.policy, cfg.rollout.execute) if featurizer is None
-                      else PixelPolicySource(trained.policy, featurizer, cfg.rollout.execute))
+            source = policy_source(trained.policy, cfg.rollout.execute, featurizer)
             result = evaluate(source, cfg.rollout_config(tasks, seed), env_cache=env_cache)
             spec = specs.get(head.tokenizer)
             row = {

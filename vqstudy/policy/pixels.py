@@ -50,8 +50,8 @@ CONV5_CHANNELS = 256
 REPLAY_ATOL = 1e-4
 """Largest |replayed - recorded| state difference accepted (the recording is float32)."""
 
-__all__ = ["PixelFeaturizer", "PixelPolicySource", "pixel_demo_data", "read_episode_seeds", "renderer_for",
-           "replay_frames"]
+__all__ = ["PixelFeaturizer", "PixelPolicySource", "pixel_demo_data", "policy_source", "read_episode_seeds",
+           "renderer_for", "replay_frames"]
 
 
 def renderer_for(spec: EncoderSpec) -> Renderer:
@@ -211,3 +211,12 @@ class PixelPolicySource(PolicySource):
         calls = max(self._calls, 1)
         return {**super().stats(), "render_ms_per_call": 1000 * self._render_seconds / calls,
                 "cnn_ms_per_call": 1000 * self._cnn_seconds / calls}
+
+
+def policy_source(policy: LearnedPolicy, execute: int | None = None,
+                  featurizer: PixelFeaturizer | None = None) -> PolicySource:
+    """The closed-loop source of any trained policy: `PixelPolicySource` (with the featurizer its encoder spec
+    names, built if not given) for a pixels rung, else `PolicySource`."""
+    if policy.encoder_spec.kind != "pixels":
+        return PolicySource(policy, execute)
+    return PixelPolicySource(policy, featurizer or PixelFeaturizer(policy.encoder_spec), execute)
