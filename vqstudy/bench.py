@@ -41,7 +41,6 @@ from typing import Any
 import torch
 
 from vqstudy.files import write_atomic
-
 from vqstudy.machine import loadavg, machine_info
 
 log = logging.getLogger(__name__)

@@ -113,6 +113,14 @@ def paired_difference(a: dict[tuple, float], b: dict[tuple, float], n_boot: int 
     return mean, low, high, len(shared)
 
 
+def _shared_means(a: dict[tuple, float], b: dict[tuple, float]) -> tuple[float, float]:
+    """Means of `a` and of `b` over the cells both have (the two sides of `paired_difference`)."""
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        return float("nan"), float("nan")
+    return float(np.mean([a[c] for c in shared])), float(np.mean([b[c] for c in shared]))
+
+
 MIN_CELLS = 5
 """Fewer paired (seed, task) cells than this: a bootstrap interval means nothing, the answer is inconclusive."""
 
@@ -159,9 +167,7 @@ def check_claims(rows: Sequence[dict[str, Any]], reference_head: str, margin: fl
                        "what": f"success({ref['best']}) - success({ref['worst']})"})
         for head in [h for h in lf if h in CONTINUOUS]:
             mean, low, high, n = paired_difference(lf[head]["diffs"], ref["diffs"], n_boot)
-            shared = sorted(set(lf[head]["diffs"]) & set(ref["diffs"]))
-            a = float(np.mean([lf[head]["diffs"][c] for c in shared])) if shared else float("nan")
-            b = float(np.mean([ref["diffs"][c] for c in shared])) if shared else float("nan")
+            a, b = _shared_means(lf[head]["diffs"], ref["diffs"])
             claims.append({"claim": f"2b. '{reference_head}' lifts less than '{head}'", "estimate": mean, "low": low,
                            "high": high, "cells": n, "answer": verdict(low, high, cells=n),
                            "what": f"lift({head}) - lift({reference_head}) on shared cells = {a:.3f} - {b:.3f}"})
@@ -169,9 +175,7 @@ def check_claims(rows: Sequence[dict[str, Any]], reference_head: str, margin: fl
     if len(parallel) >= 2:
         (k_small, small), (k_large, large) = parallel[0], parallel[-1]
         mean, low, high, n = paired_difference(lf[large]["diffs"], lf[small]["diffs"], n_boot)
-        shared = sorted(set(lf[large]["diffs"]) & set(lf[small]["diffs"]))
-        lf_large = float(np.mean([lf[large]["diffs"][c] for c in shared])) if shared else float("nan")
-        lf_small = float(np.mean([lf[small]["diffs"][c] for c in shared])) if shared else float("nan")
+        lf_large, lf_small = _shared_means(lf[large]["diffs"], lf[small]["diffs"])
         claims.append({"claim": f"3. a larger codebook restores lift (K={k_large} vs K={k_small})", "estimate": mean,
                        "low": low, "high": high, "cells": n, "answer": verdict(low, high, cells=n),
                        "what": f"lift({large}) - lift({small}) on shared cells = {lf_large:.3f} - {lf_small:.3f}"})

@@ -192,12 +192,12 @@ def run_grid(cfg: GridConfig, on_row: Any = None) -> Path:
                                 time.perf_counter() - start)
         for encoder, head in todo:
             tok, tok_s = tokenizers.get(head.tokenizer, (None, 0.0))
-            rung_data, featurizer = data, None
+            rung_data, featurizer, render_stats = data, None, None
             if encoder.kind == "pixels":  # frames rendered and featurized once per rung, reused by every head
                 if encoder.name not in pixel_rungs:
-                    featurizer = PixelFeaturizer(encoder)
-                    pixel_rungs[encoder.name] = (featurizer, *pixel_demo_data(data, featurizer, frame_cache=frames))
-                featurizer, rung_data, _ = pixel_rungs[encoder.name]
+                    cnn = PixelFeaturizer(encoder)
+                    pixel_rungs[encoder.name] = (cnn, *pixel_demo_data(data, cnn, frame_cache=frames))
+                featurizer, rung_data, render_stats = pixel_rungs[encoder.name]
             trained = train_policy(rung_data, encoder, head.kind, cfg.head, seed, tok, normalizer, cfg.probe_ridge)
             if cfg.save_policies:
                 trained.policy.save_pretrained(out / "policies" / str(seed) / encoder.name / head.name)
@@ -215,7 +215,7 @@ def run_grid(cfg: GridConfig, on_row: Any = None) -> Path:
                 "tasks": {t.task: [t.successes, t.n] for t in result.tasks},
                 "timing": result.timing._asdict(), "source_stats": result.source_stats,
                 "execute": source.horizon, "horizon": data.horizon,
-                "pixel_render": pixel_rungs[encoder.name][2] if encoder.name in pixel_rungs else None,
+                "pixel_render": render_stats,
             }
             with rows_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -175,11 +175,9 @@ def pixel_demo_data(data: DemoData, featurizer: PixelFeaturizer, render: Rendere
     render_s = time.perf_counter() - start
     train = data.train._replace(obs=featurizer.featurize(frames[0]), states=data.train.obs)
     val = data.val._replace(obs=featurizer.featurize(frames[1]), states=data.val.obs)
-    n = len(frames[0]) + len(frames[1])
-    logger.info("%s: %d frames (%.0f s rendering), featurized in %.0f s", spec.name, n, render_s,
-                time.perf_counter() - start - render_s)
-    return data._replace(train=train, val=val), {"frames": n, "render_seconds": render_s,
-                                                 "cnn_seconds": time.perf_counter() - start - render_s}
+    n, cnn_s = len(frames[0]) + len(frames[1]), time.perf_counter() - start - render_s
+    logger.info("%s: %d frames (%.0f s rendering), featurized in %.0f s", spec.name, n, render_s, cnn_s)
+    return data._replace(train=train, val=val), {"frames": n, "render_seconds": render_s, "cnn_seconds": cnn_s}
 
 
 class PixelPolicySource(PolicySource):

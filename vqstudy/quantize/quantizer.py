@@ -152,12 +152,12 @@ class Quantizer(nn.Module):
         lead = x.shape[:-1]
         z = self._to_lookup(x.reshape(-1, cfg.dim))  # (N, d)
         updating = self.training
-        if updating and not bool(self.initialized):
-            raise_if_not_finite(x)  # before anything is stored
+        collecting = updating and not bool(self.initialized)
+        if collecting or (updating and cfg.affine):
+            raise_if_not_finite(x)  # before the k-means buffer or the affine statistics take anything in
+        if collecting:
             self._collect_for_kmeans(z.detach())
         if updating and cfg.affine:
-            if bool(self.initialized):
-                raise_if_not_finite(x)  # the running statistics must not take NaN/Inf in
             self._update_affine_stats(z.detach())
 
         codes = self._codes()
@@ -170,12 +170,12 @@ class Quantizer(nn.Module):
         fused = cfg.update == "ema" and not cfg.rotation_trick and not codes.requires_grad and z.requires_grad
         if fused:
             q_st, commit = _StraightThroughCommit.apply(z, codes.detach(), idx, dist_sum)
-            q = q_st.detach()
             codebook_loss = commit.detach()
         else:
             q = codes.index_select(0, idx).to(z.dtype)  # (N, d)
             commit = F.mse_loss(z, q.detach())
             codebook_loss = F.mse_loss(q, z.detach()) if cfg.update == "grad" else commit.detach()
+            q_st = self._straight_through(z, q)
         loss = cfg.commitment_weight * commit
         if cfg.update == "grad":
             loss = loss + cfg.codebook_weight * codebook_loss
@@ -190,19 +190,6 @@ class Quantizer(nn.Module):
             if cfg.dead_code_reset and int(self.step) % cfg.reset_every == 0:
                 resets = self._reset_dead_codes()
 
-        # straight-through estimator; z - sg(z) is exactly 0, so the value is exactly the code (decode_indices matches)
-        # (without an input gradient, the output is the detached code: the model's loss never trains the codebook)
-        if fused:
-            pass  # q_st came from _StraightThroughCommit
-        elif not z.requires_grad:
-            q_st = q.detach()
-        elif cfg.rotation_trick:  # value q, gradient (lambda R)^T g with R, lambda the rotation + rescale z -> q
-            t = rotate_and_rescale(z, q.detach())
-            q_st = q.detach() + (t - t.detach())
-        else:
-            q_st = q.detach() + (z - z.detach())
-        if cfg.sync_nu and not fused:  # value unchanged; the codes get sync_nu x the gradient of their outputs
-            q_st = q_st + cfg.sync_nu * (q - q.detach())
         quantized = self.project_out(q_st).reshape(*lead, cfg.dim)
         stats = QuantizeStats(
             perplexity=usage.perplexity.float(),
@@ -213,6 +200,22 @@ class Quantizer(nn.Module):
             resets=torch.tensor(resets),
         )
         return QuantizeOutput(quantized, idx.reshape(lead), loss, stats)
+
+    def _straight_through(self, z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """The output of the general (non-fused) path: the value of q, the gradient of the chosen estimator."""
+        cfg = self.config
+        # straight-through estimator; z - sg(z) is exactly 0, so the value is exactly the code (decode_indices matches)
+        # (without an input gradient, the output is the detached code: the model's loss never trains the codebook)
+        if not z.requires_grad:
+            q_st = q.detach()
+        elif cfg.rotation_trick:  # value q, gradient (lambda R)^T g with R, lambda the rotation + rescale z -> q
+            t = rotate_and_rescale(z, q.detach())
+            q_st = q.detach() + (t - t.detach())
+        else:
+            q_st = q.detach() + (z - z.detach())
+        if cfg.sync_nu:  # value unchanged; the codes get sync_nu x the gradient of their outputs
+            q_st = q_st + cfg.sync_nu * (q - q.detach())
+        return q_st
 
     # ------------------------------------------------------------------ codebook updates
     def dead_mask(self) -> torch.Tensor:
@@ -246,7 +249,7 @@ class Quantizer(nn.Module):
 
     @torch.no_grad()
     def _fill_reservoir(self, z: torch.Tensor) -> None:
-        """Keep the most recent encoder outputs (a random subset of each batch) in a ring buffer."""
+        """Keep the most recent encoder outputs (an evenly strided subset of each batch) in a ring buffer."""
         n, size = z.shape[0], self.reservoir_size
         take = min(n, max(size // 4, 1))
         if take < n:  # every stride-th row from a per-step offset: spread over the batch, no permutation
