@@ -136,6 +136,43 @@ def test_ema_update_matches_hand_computation():
     torch.testing.assert_close(q.codebook, embed_sum / smoothed[:, None])
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"cosine": True, "codebook_dim": 4}])
+def test_compiled_ema_step_matches_the_torch_path(monkeypatch, kwargs):
+    """The fused C++ EMA step (one process, CPU) leaves the same state as the torch ops it replaces."""
+    import vqstudy.quantize.quantizer as quantizer_module
+    from vqstudy.kernels.compiled import compiled_available
+
+    if not compiled_available():
+        pytest.skip("the compiled EMA step needs a C++ compiler")
+    x, _ = planted(k=6, dim=8, n=96)
+    x = x[::2]  # a strided batch
+    runs = {}
+    for name in ("compiled", "torch"):
+        if name == "torch":
+            monkeypatch.setattr(quantizer_module, "ema_step_compiled", lambda *a, **k: None)
+        torch.manual_seed(0)  # the low-dim projections' init
+        q = Quantizer(dim=8, codebook_size=10, kmeans_samples=48, reset_every=2, seed=3, **kwargs)
+        stats = [q(x + 0.01 * i).stats for i in range(6)]
+        runs[name] = (q.state_dict(), stats)
+    (state_c, stats_c), (state_t, stats_t) = runs["compiled"], runs["torch"]
+    assert int(state_c["step"]) == 6  # k-means init in the first step, EMA in every step
+    for key in ("codebook", "embed_sum", "cluster_size", "window_counts"):
+        torch.testing.assert_close(state_c[key], state_t[key], rtol=1e-5, atol=1e-6, msg=key)
+    for a, b in zip(stats_c, stats_t):
+        torch.testing.assert_close(a.perplexity, b.perplexity)
+        assert int(a.resets) == int(b.resets)
+
+
+def test_ema_step_bumps_the_codebook_version_for_autograd():
+    """The EMA step writes the codebook outside torch; a graph that saved the old codebook must still refuse it."""
+    q = Quantizer(dim=4, codebook_size=8, kmeans_init=False, dead_code_reset=False)
+    z = torch.randn(5, 4, requires_grad=True)
+    saved = (z @ q.codebook.T).square().sum()  # saves the codebook for z's gradient
+    q(torch.randn(16, 4))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved.backward()
+
+
 def test_perplexity_of_uniform_use_is_k():
     k = 16
     metric = CodebookUsage(k)

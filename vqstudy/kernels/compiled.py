@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch.autograd.graph import increment_version
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,16 @@ extern "C" int vq_nearest(const float* x, int64_t n, int64_t d, int64_t sx, cons
             for (int64_t j = 0; j < d; j++) pack[(t * d + j) * TC + l] = code < k ? -2.0f * c[code * sc + j] : 0.0f;
         }
     Job job = {x, n, d, sx, c, k, sc, pack, csq, ntiles, row_block, chunk_tiles < 1 ? 1 : chunk_tiles, idx, dist, 0, 0};
+#if defined(_OPENMP)
+    /* torch's own OpenMP pool (the same libgomp, loaded by torch first): no threads started per call, and no
+       second pool competing for the cores with torch's spinning workers */
+    if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+        worker(&job);
+    } else {
+        worker(&job);
+    }
+#else
     int extra = threads > 1 ? threads - 1 : 0;
     pthread_t* tids = (pthread_t*)calloc((size_t)(extra ? extra : 1), sizeof(pthread_t));
     int started = 0;
@@ -233,8 +244,58 @@ extern "C" int vq_nearest(const float* x, int64_t n, int64_t d, int64_t sx, cons
         if (pthread_create(&tids[started], 0, worker, &job) != 0) break;
     worker(&job);
     for (int i = 0; i < started; i++) pthread_join(tids[i], 0);
-    free(tids); free(pack); free(csq);
+    free(tids);
+#endif
+    free(pack); free(csq);
     return job.failed ? 1 : 0;
+}
+
+/* One EMA codebook step (arXiv 1711.00937, app. A) from the ids idx (n,) in [0, k) of the rows x (n, d, row stride sx),
+   in one pass over x and one over the codebook, no (n, k) one-hot:
+     counts (k, float64, out)  per-code usage of this batch
+     window_counts += counts; cluster_size = decay cluster_size + (1 - decay) counts
+     embed_sum = decay embed_sum + (1 - decay) (per-code sums of the assigned rows)
+     codebook = embed_sum / Laplace-smoothed cluster_size (rows normalized when cosine).
+   State buffers are contiguous float32. Returns 0, or 1 when the scratch allocation failed (nothing written). */
+extern "C" int vq_ema_step(const float* x, int64_t n, int64_t d, int64_t sx, const int64_t* idx, int64_t k,
+                           double* counts, float* window_counts, float* cluster_size, float* embed_sum, float* codebook,
+                           double decay, double eps, int cosine) {
+    float* sums = (float*)calloc((size_t)(k * d), sizeof(float));
+    if (!sums) return 1;
+    memset(counts, 0, (size_t)k * sizeof(double));
+    for (int64_t i = 0; i < n; i++) {
+        int64_t c = idx[i];
+        counts[c] += 1.0;
+        float* __restrict s = sums + c * d;
+        const float* __restrict xr = x + i * sx;
+        for (int64_t j = 0; j < d; j++) s[j] += xr[j];
+    }
+    const double keep = 1.0 - decay;
+    double total = 0.0;
+    for (int64_t c = 0; c < k; c++) {
+        window_counts[c] = (float)((double)window_counts[c] + counts[c]);
+        cluster_size[c] = (float)((double)cluster_size[c] * decay + counts[c] * keep);
+        total += cluster_size[c];
+    }
+    const float ftotal = (float)total;
+    for (int64_t c = 0; c < k; c++) {
+        float* __restrict e = embed_sum + c * d;
+        const float* __restrict s = sums + c * d;
+        float* __restrict q = codebook + c * d;
+        const float smoothed = (cluster_size[c] + (float)eps) / (ftotal + (float)k * (float)eps) * ftotal;
+        double norm = 0.0;
+        for (int64_t j = 0; j < d; j++) {
+            e[j] = e[j] * (float)decay + s[j] * (float)keep;
+            q[j] = e[j] / smoothed;
+            norm += (double)q[j] * q[j];
+        }
+        if (cosine) {
+            const float scale = 1.0f / fmaxf((float)sqrt(norm), 1e-12f);
+            for (int64_t j = 0; j < d; j++) q[j] *= scale;
+        }
+    }
+    free(sums);
+    return 0;
 }
 """
 
@@ -276,7 +337,8 @@ def _build() -> Path:
         src.write_text(SOURCE)
         out = Path(tmp) / lib.name
         errors = []
-        for arch in (["-march=native"], []):  # -march=native is not known to every compiler/target
+        # -march=native is not known to every compiler/target; without OpenMP the kernel starts its own threads
+        for arch in (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], []):
             proc = subprocess.run([cxx, *base, *arch, str(src), "-o", str(out)], capture_output=True, text=True,
                                   timeout=300)  # fmt: skip
             if proc.returncode == 0:
@@ -297,6 +359,9 @@ def _library() -> ctypes.CDLL | None:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.vq_nearest.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, ptr, ptr, ctypes.c_int, i64, i64]
     lib.vq_nearest.restype = ctypes.c_int
+    lib.vq_ema_step.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_double,
+                                ctypes.c_double, ctypes.c_int]
+    lib.vq_ema_step.restype = ctypes.c_int
     return lib
 
 
@@ -352,4 +417,28 @@ def nearest_code_compiled(x: torch.Tensor, codebook: torch.Tensor, threads: int 
     return indices, sqdist
 
 
-__all__ = ["compiled_available", "compiled_plan", "nearest_code_compiled", "tile_shape"]
+def ema_step_compiled(x: torch.Tensor, idx: torch.Tensor, window_counts: torch.Tensor, cluster_size: torch.Tensor,
+                      embed_sum: torch.Tensor, codebook: torch.Tensor, decay: float, eps: float,
+                      cosine: bool) -> torch.Tensor | None:
+    """One EMA codebook step in place (see `vq_ema_step` in SOURCE); returns this batch's (K,) float64 usage counts.
+
+    x (N, d) fp32 and idx (N,) int64 ids in [0, K) on the CPU; the state tensors contiguous fp32 CPU, codebook and
+    embed_sum (K, d). Returns None, touching nothing, when the kernel is unavailable or an input does not fit
+    (the caller then runs its torch path)."""
+    lib = _library()
+    state = (window_counts, cluster_size, embed_sum, codebook)
+    if (lib is None or x.device.type != "cpu" or x.dtype != torch.float32 or x.ndim != 2 or x.stride(1) != 1
+            or idx.dtype != torch.long or not idx.is_contiguous() or idx.shape != x.shape[:1]
+            or any(t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous() for t in state)):
+        return None
+    k = codebook.shape[0]
+    counts = torch.empty(k, dtype=torch.float64)
+    rc = lib.vq_ema_step(x.data_ptr(), x.shape[0], x.shape[1], x.stride(0), idx.data_ptr(), k, counts.data_ptr(),
+                         *(t.data_ptr() for t in state), decay, eps, int(cosine))  # fmt: skip
+    if rc != 0:
+        raise MemoryError(f"compiled EMA step could not allocate its (K, d) = ({k}, {x.shape[1]}) scratch")
+    increment_version(list(state))  # written outside torch: autograd must still see the in-place change
+    return counts
+
+
+__all__ = ["compiled_available", "compiled_plan", "ema_step_compiled", "nearest_code_compiled", "tile_shape"]

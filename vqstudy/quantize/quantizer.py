@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqstudy.kernels import nearest_code
+from vqstudy.kernels import ema_step_compiled, nearest_code
 from vqstudy.quantize import distributed as D
 from vqstudy.quantize.config import QuantizerConfig
 from vqstudy.quantize.kmeans import canonical_order, kmeans
@@ -180,15 +180,15 @@ class Quantizer(nn.Module):
         if cfg.update == "grad":
             loss = loss + cfg.codebook_weight * codebook_loss
 
-        counts = code_counts(idx, cfg.codebook_size, check=False)  # (K,) float64; ids come from the search
-        usage = usage_from_counts(counts)
+        counts = None  # (K,) float64 usage counts of this batch; ids come from the search
         resets = 0
         if updating and bool(self.initialized):
-            self.step += 1
-            self._update_usage_and_ema(z.detach(), idx, counts)
-            self._fill_reservoir(z.detach())
-            if cfg.dead_code_reset and int(self.step) % cfg.reset_every == 0:
+            step = int(self.step.add_(1))
+            counts = self._update_usage_and_ema(z.detach(), idx)
+            self._fill_reservoir(z.detach(), step)
+            if cfg.dead_code_reset and step % cfg.reset_every == 0:
                 resets = self._reset_dead_codes()
+        usage = usage_from_counts(code_counts(idx, cfg.codebook_size, check=False) if counts is None else counts)
 
         quantized = self.project_out(q_st).reshape(*lead, cfg.dim)
         stats = QuantizeStats(
@@ -232,13 +232,21 @@ class Quantizer(nn.Module):
         return usage < total.clamp_min(1e-12) * (self.config.dead_code_threshold / self.codebook_size)
 
     @torch.no_grad()
-    def _update_usage_and_ema(self, z: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor) -> None:
+    def _update_usage_and_ema(self, z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Usage windows and EMA statistics (and, with update='ema', the codes) from this step's ids;
+        returns this rank's (K,) float64 usage counts. One process on the CPU: one fused compiled pass."""
         cfg = self.config
+        if cfg.update == "ema" and z.device.type == "cpu" and not D.is_distributed():
+            state = (self.window_counts, self.cluster_size, self.embed_sum, self.codebook)
+            counts = ema_step_compiled(z.float(), idx, *state, decay=cfg.decay, eps=cfg.eps, cosine=cfg.cosine)
+            if counts is not None:
+                return counts
+        counts = local = code_counts(idx, cfg.codebook_size, check=False)
         counts = D.all_reduce_sum(counts.clone()) if D.is_distributed() else counts
         self.window_counts += counts
         self.cluster_size.mul_(cfg.decay).add_(counts, alpha=1 - cfg.decay)
         if cfg.update != "ema":
-            return
+            return local
         sums = torch.zeros_like(self.embed_sum).index_add_(0, idx, z.float())  # (K, d), no N x K one-hot
         sums = D.all_reduce_sum(sums)
         self.embed_sum.mul_(cfg.decay).add_(sums, alpha=1 - cfg.decay)
@@ -246,15 +254,16 @@ class Quantizer(nn.Module):
         smoothed = (self.cluster_size + cfg.eps) / (total + cfg.codebook_size * cfg.eps) * total  # Laplace
         codebook = self.embed_sum / smoothed[:, None]
         self.codebook.copy_(F.normalize(codebook, dim=-1) if cfg.cosine else codebook)
+        return local
 
     @torch.no_grad()
-    def _fill_reservoir(self, z: torch.Tensor) -> None:
+    def _fill_reservoir(self, z: torch.Tensor, step: int) -> None:
         """Keep the most recent encoder outputs (an evenly strided subset of each batch) in a ring buffer."""
         n, size = z.shape[0], self.reservoir_size
         take = min(n, max(size // 4, 1))
         if take < n:  # every stride-th row from a per-step offset: spread over the batch, no permutation
             stride = n // take
-            z = z[(int(self.step) + D.rank()) % stride::stride][:take]
+            z = z[(step + D.rank()) % stride::stride][:take]
         if self.reservoir is None:
             self.reservoir = torch.zeros(size, z.shape[1], device=z.device)
         elif self.reservoir.device != z.device:

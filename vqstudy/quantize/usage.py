@@ -45,13 +45,13 @@ def usage_from_counts(counts: torch.Tensor, dead_threshold: float = DEAD_CODE_TH
     k = counts.numel()
     total = counts.sum()
     probs = counts / total.clamp_min(1)
-    entropy = -torch.special.xlogy(probs, probs).sum()  # 0 log 0 = 0
-    perplexity = entropy.exp() * (total > 0)  # 0 when nothing was counted (no host sync)
+    # exp(entropy) with 0 log 0 = 0, times 0 when nothing was counted (no host sync)
+    perplexity = torch.special.xlogy(probs, probs).sum().neg_().exp_().mul_(total > 0)
     return Usage(
-        utilization=(counts > 0).double().mean(),
+        utilization=torch.count_nonzero(counts).double() / k,
         perplexity=perplexity,
         effective_bits=torch.log2(perplexity.clamp_min(1.0)),
-        dead_fraction=(probs < dead_threshold / k).double().mean(),
+        dead_fraction=torch.count_nonzero(probs < dead_threshold / k).double() / k,
         histogram=counts,
     )
 
