@@ -87,6 +87,29 @@ def test_compiled_threads_chunks_strides(monkeypatch: pytest.MonkeyPatch) -> Non
     assert torch.equal(indices, nearest_code(x_rows, codebook, backend="torch").indices)
 
 
+@needs_compiler
+@pytest.mark.parametrize("d", [1, 3, 5, 8])
+def test_compiled_lanes_kernel_takes_the_lowest_index_on_exact_ties(monkeypatch: pytest.MonkeyPatch, d: int) -> None:
+    """D <= 8 (the lanes kernel): small-integer data, so distances tie exactly and often, codes repeated across lanes,
+    groups and L1 chunks, an odd number of code tiles, two threads: the reference's lowest-index ids, and the same
+    ids and distances as the tile kernel."""
+    monkeypatch.setattr(compiled, "MIN_WORK_FOR_THREADS", 0)
+    monkeypatch.setattr(compiled, "ROW_BLOCK", 6)
+    monkeypatch.setattr(compiled, "L1_BYTES", 1)  # one group (two tiles) per chunk
+    assert compiled.lanes_width(d) in (4, 8)
+    g = torch.Generator().manual_seed(d)
+    base = torch.randint(-2, 3, (23, d), generator=g).float()
+    codebook = torch.cat([base, base.flip(0), base])  # 69 codes: every code has exact duplicates further on
+    x = torch.randint(-3, 4, (157, d), generator=g).float()
+    indices, sqdist = compiled.nearest_code_compiled(x, codebook, threads=2)
+    assert_nearest(x, codebook, NearestCode(indices, sqdist))
+    assert torch.equal(indices, nearest_code(x, codebook, backend="torch").indices)
+    assert int(indices.max()) < 23  # the first copy wins every tie
+    monkeypatch.setattr(compiled, "LANES_MAX_D", 0)  # the tile kernel
+    tile_indices, tile_sqdist = compiled.nearest_code_compiled(x, codebook, threads=2)
+    assert torch.equal(indices, tile_indices) and torch.equal(sqdist, tile_sqdist)
+
+
 def test_without_a_compiler_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_VAR, raising=False)
     monkeypatch.setattr(vqstudy.kernels, "compiled_available", lambda: False)

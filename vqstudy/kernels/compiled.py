@@ -8,11 +8,19 @@ row's best so far and only when it is strictly smaller (a handful of times per r
 codebook) locates the first code reaching it. Codes are visited in increasing order and a tie never
 replaces the best, so ties go to the lowest code index, as in the reference. Loops: row blocks (pulled by worker
 threads from a shared counter, so a core taken by another process does not stall the call) -> codebook
-chunks sized for L2 -> row tiles -> code tiles. The exact ||x - c||^2 of the chosen code is recomputed
-from the difference (accumulated in double).
+chunks sized for L2 -> row tiles -> code tiles. For D <= 8 a second micro-kernel (`sweep_lanes`) holds one row
+in registers and the codes in the SIMD lanes, with a per-lane running minimum: it drops the per-tile horizontal
+check, which at such small D costs as much as the FMAs (see its comment). The exact ||x - c||^2 of the chosen code
+is recomputed from the difference (accumulated in double).
+
+Threads: built with OpenMP (the default), the kernel runs in torch's own OpenMP pool (the same libgomp, which torch
+loads first), so no threads start per call and no second pool competes with torch's spinning workers for the
+cores; built without it, pthreads.
+
+Also here: `vq_ema_step`, the quantizer's EMA codebook update in one fused pass (see `ema_step_compiled`).
 
 Build: the source below is compiled with the system C++ compiler (`$CXX`, else `c++`/`g++`/`clang++`),
-`-O3 -march=native`, into `$VQSTUDY_CACHE_DIR` (default ~/.cache/vqstudy) under a name hashed from the
+`-O3 -march=native -fopenmp` (dropping the flags a compiler refuses), into `$VQSTUDY_CACHE_DIR` (default ~/.cache/vqstudy) under a name hashed from the
 source, the compiler and the CPU, then loaded with ctypes (which releases the GIL during the call). It
 takes about a second, once per machine. Without a working compiler `compiled_available()` is False and
 `nearest_code` falls back to the pure-torch blocked path.
@@ -42,6 +50,10 @@ ROW_BLOCK = 96
 """Rows per work item a thread pulls (a multiple of every TR); smaller for small N so every thread gets work."""
 L2_BYTES = 256 * 1024
 """Codebook chunk (packed floats) kept hot in L2 while a row block streams over it."""
+LANES_MAX_D = 8
+"""Up to this D the lanes kernel runs (codes in SIMD lanes, D padded to 4 or 8); above it the tile kernel."""
+L1_BYTES = 20 * 1024
+"""Codebook chunk (packed floats) of the lanes kernel, kept in L1 while every row of a block passes over it."""
 MIN_WORK_FOR_THREADS = 1 << 22
 """Below this N*K*D, one thread: starting threads costs more than the search."""
 
@@ -154,7 +166,7 @@ struct Job {
     const float* x; int64_t n, d, sx;
     const float* c; int64_t k, sc;
     const float* pack; const float* csq; int64_t ntiles;
-    int64_t row_block, chunk_tiles;
+    int64_t row_block, chunk_tiles, dp;
     int64_t* idx; float* dist;
     int64_t next; int failed;
 };
@@ -170,15 +182,84 @@ static void sweep(const Job* job, const float* xb, int64_t padded, float* best, 
     }
 }
 
+/* Small d (the lanes kernel, d padded with zeros to DP): codes in the SIMD lanes, one row at a time with its DP
+   coordinates held in registers. Codes go in groups of two tiles (2 TC codes, ntiles is even in this mode); per lane
+   the kernel keeps the smallest value seen and the group that first reached it (a strictly smaller group minimum
+   replaces it), so per 2 TC codes it spends 2 TC DP / VW FMAs and five compare/min/blend ops, against a horizontal
+   check per row and tile in `tile`, which at d <= 8 costs as much as the FMAs. `finish_lanes` then recomputes, with the
+   same operations in the same order (so the same values), the few codes of the winning lanes' groups and takes the
+   first code reaching the row minimum: ties go to the lowest code index. Codes are visited in L1-sized chunks, every
+   row of the block per chunk; a row's lane state waits in lbest/lgroup between chunks. */
+template <int DP>
+static void sweep_lanes(const Job* job, const float* xb, int64_t rows, float* lbest, int32_t* lgroup) {
+    for (int64_t t0 = 0; t0 < job->ntiles; t0 += job->chunk_tiles) {
+        int64_t t1 = t0 + job->chunk_tiles < job->ntiles ? t0 + job->chunk_tiles : job->ntiles;
+        for (int64_t r = 0; r < rows; r++) {
+            vf xv[DP];
+#pragma GCC unroll 16
+            for (int j = 0; j < DP; j++) xv[j] = (vf){} + xb[r * DP + j];
+            vf bv = vload(lbest + r * VW);
+            vi bg = iload(lgroup + r * VW);
+            vi g = (vi){} + (int32_t)(t0 / 2);
+            const float* cp = job->pack + t0 * DP * TC;
+            const float* cs = job->csq + t0 * TC;
+            for (int64_t t = t0; t < t1; t += 2, cp += 2 * DP * TC, cs += 2 * TC, g += 1) {
+                vf acc[2 * TV];  /* 2 TV independent FMA chains per group */
+#pragma GCC unroll 8
+                for (int v = 0; v < 2 * TV; v++) acc[v] = vload(cs + (v / TV) * TC + (v % TV) * VW);
+#pragma GCC unroll 16
+                for (int j = 0; j < DP; j++)
+#pragma GCC unroll 8
+                    for (int v = 0; v < 2 * TV; v++) acc[v] += xv[j] * vload(cp + (v / TV) * DP * TC + j * TC + (v % TV) * VW);
+                vf m = acc[0];
+#pragma GCC unroll 8
+                for (int v = 1; v < 2 * TV; v++) m = acc[v] < m ? acc[v] : m;
+                vi lt = m < bv;
+                bv = lt ? m : bv;
+                bg = lt ? g : bg;
+            }
+            vstore(lbest + r * VW, bv);
+            istore(lgroup + r * VW, bg);
+        }
+    }
+}
+
+/* A row's lanes -> its minimum and the lowest code reaching it: the codes of each winning lane's group recomputed
+   exactly as in sweep_lanes (||c||^2, then the FMAs in order). */
+template <int DP>
+static void finish_lanes(const Job* job, const float* xr, const float* lb, const int32_t* lg, float* best, int32_t* bidx) {
+    float m = INFINITY;
+    for (int l = 0; l < VW; l++) m = lb[l] < m ? lb[l] : m;
+    *best = m;
+    *bidx = 0;
+    if (!(m < INFINITY)) return;  /* no finite distance: code 0, as in the tile kernel */
+    int32_t found = INT32_MAX;
+    for (int l = 0; l < VW; l++) {
+        if (lb[l] != m) continue;
+        for (int v = 0; v < 2 * TV; v++) {  /* this lane's codes of the group, in increasing order */
+            int64_t t = 2 * (int64_t)lg[l] + v / TV, lane = (v % TV) * VW + l;
+            float s = job->csq[t * TC + lane];
+            for (int j = 0; j < DP; j++) s += xr[j] * job->pack[(t * DP + j) * TC + lane];
+            if (s == m) {
+                if (t * TC + lane < found) found = (int32_t)(t * TC + lane);
+                break;
+            }
+        }
+    }
+    if (found != INT32_MAX) *bidx = found;
+}
+
 static void* worker(void* arg) {
     Job* job = (Job*)arg;
-    const int64_t d = job->d, rb = job->row_block;
-    float* xb = (float*)aligned_alloc(64, (size_t)(((rb * d * 4) + 63) / 64 * 64));
+    const int64_t d = job->d, rb = job->row_block, dw = job->dp ? job->dp : d;  /* dw: row width in xb */
+    float* xb = (float*)aligned_alloc(64, (size_t)(((rb * dw * 4) + 63) / 64 * 64));
     float* best = (float*)aligned_alloc(64, (size_t)((rb * 4 + 63) / 64 * 64));
     int32_t* bidx = (int32_t*)aligned_alloc(64, (size_t)((rb * 4 + 63) / 64 * 64));
-    if (!xb || !best || !bidx) {
+    float* lbest = job->dp ? (float*)aligned_alloc(64, (size_t)(rb * VW * 4)) : 0;
+    int32_t* lgroup = job->dp ? (int32_t*)aligned_alloc(64, (size_t)(rb * VW * 4)) : 0;
+    if (!xb || !best || !bidx || (job->dp && (!lbest || !lgroup))) {
         __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
-        free(xb); free(best); free(bidx);
+        free(xb); free(best); free(bidx); free(lbest); free(lgroup);
         return 0;
     }
     for (;;) {
@@ -186,10 +267,20 @@ static void* worker(void* arg) {
         if (r0 >= job->n) break;
         int64_t rows = job->n - r0 < rb ? job->n - r0 : rb;
         int64_t padded = (rows + TR - 1) / TR * TR;
-        for (int64_t r = 0; r < rows; r++) memcpy(xb + r * d, job->x + (r0 + r) * job->sx, (size_t)d * 4);
-        memset(xb + rows * d, 0, (size_t)((padded - rows) * d * 4));
+        memset(xb, 0, (size_t)(padded * dw * 4));
+        for (int64_t r = 0; r < rows; r++) memcpy(xb + r * dw, job->x + (r0 + r) * job->sx, (size_t)d * 4);
         for (int64_t i = 0; i < padded; i++) { best[i] = INFINITY; bidx[i] = 0; }
-        sweep(job, xb, padded, best, bidx);
+        if (job->dp) {
+            for (int64_t i = 0; i < rows * VW; i++) { lbest[i] = INFINITY; lgroup[i] = 0; }
+            if (job->dp == 4) sweep_lanes<4>(job, xb, rows, lbest, lgroup);
+            else sweep_lanes<8>(job, xb, rows, lbest, lgroup);
+            for (int64_t r = 0; r < rows; r++) {
+                if (job->dp == 4) finish_lanes<4>(job, xb + r * 4, lbest + r * VW, lgroup + r * VW, best + r, bidx + r);
+                else finish_lanes<8>(job, xb + r * 8, lbest + r * VW, lgroup + r * VW, best + r, bidx + r);
+            }
+        } else {
+            sweep(job, xb, padded, best, bidx);
+        }
         for (int64_t r = 0; r < rows; r++) {
             int32_t bi = bidx[r];
             if (bi >= job->k) bi = 0;  /* only when no real code has a finite distance */
@@ -201,17 +292,23 @@ static void* worker(void* arg) {
             job->dist[r0 + r] = (float)s;
         }
     }
-    free(xb); free(best); free(bidx);
+    free(xb); free(best); free(bidx); free(lbest); free(lgroup);
     return 0;
 }
 
 /* x (n, d) with row stride sx, codebook (k, d) with row stride sc, unit column strides. Returns 0 on success. */
 extern "C" int vq_nearest(const float* x, int64_t n, int64_t d, int64_t sx, const float* c, int64_t k, int64_t sc,
-                          int64_t* idx, float* dist, int threads, int64_t row_block, int64_t chunk_tiles) {
+                          int64_t* idx, float* dist, int threads, int64_t row_block, int64_t chunk_tiles, int64_t dp) {
     if (n <= 0) return 0;
     if (k <= 0 || d <= 0 || k > INT32_MAX - TC || row_block < 1 || row_block % TR) return 2;
+    if (dp && ((dp != 4 && dp != 8) || d > dp)) return 2;
+    const int64_t dw = dp ? dp : d;  /* packed width: the lanes kernel pads d with zeros */
     int64_t ntiles = (k + TC - 1) / TC;
-    float* pack = (float*)aligned_alloc(64, (size_t)(ntiles * d * TC * 4));
+    if (dp) {  /* the lanes kernel takes tiles in pairs (the padding codes have ||c||^2 = +inf) */
+        ntiles += ntiles % 2;
+        chunk_tiles += chunk_tiles % 2;
+    }
+    float* pack = (float*)aligned_alloc(64, (size_t)(ntiles * dw * TC * 4));
     float* csq = (float*)aligned_alloc(64, (size_t)(ntiles * TC * 4));
     if (!pack || !csq) { free(pack); free(csq); return 1; }
     for (int64_t t = 0; t < ntiles; t++)
@@ -224,9 +321,11 @@ extern "C" int vq_nearest(const float* x, int64_t n, int64_t d, int64_t sx, cons
                 for (int64_t j = 0; j < d; j++) sq += cr[j] * cr[j];
             }
             csq[t * TC + l] = sq;
-            for (int64_t j = 0; j < d; j++) pack[(t * d + j) * TC + l] = code < k ? -2.0f * c[code * sc + j] : 0.0f;
+            for (int64_t j = 0; j < dw; j++)
+                pack[(t * dw + j) * TC + l] = code < k && j < d ? -2.0f * c[code * sc + j] : 0.0f;
         }
-    Job job = {x, n, d, sx, c, k, sc, pack, csq, ntiles, row_block, chunk_tiles < 1 ? 1 : chunk_tiles, idx, dist, 0, 0};
+    Job job = {x, n, d, sx, c, k, sc, pack, csq, ntiles, row_block, chunk_tiles < 1 ? 1 : chunk_tiles, dp, idx, dist,
+               0, 0};
 #if defined(_OPENMP)
     /* torch's own OpenMP pool (the same libgomp, loaded by torch first): no threads started per call, and no
        second pool competing for the cores with torch's spinning workers */
@@ -357,7 +456,7 @@ def _library() -> ctypes.CDLL | None:
         log.warning("compiled nearest-code kernel unavailable, using the torch blocked path: %s", err)
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.vq_nearest.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, ptr, ptr, ctypes.c_int, i64, i64]
+    lib.vq_nearest.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, ptr, ptr, ctypes.c_int, i64, i64, i64]
     lib.vq_nearest.restype = ctypes.c_int
     lib.vq_ema_step.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_double,
                                 ctypes.c_double, ctypes.c_int]
@@ -385,8 +484,14 @@ def compiled_plan(n: int, k: int, d: int, threads: int) -> tuple[int, int, int]:
     # enough row blocks for every thread to pull several (load balance), never below one row tile
     row_block = min(ROW_BLOCK, max(tr, -(-n // (4 * threads))))
     row_block = -(-row_block // tr) * tr
-    chunk_tiles = max(1, L2_BYTES // (4 * d * tc))
+    dp = lanes_width(d)
+    chunk_tiles = max(1, (L1_BYTES if dp else L2_BYTES) // (4 * (dp or d) * tc))
     return threads, row_block, chunk_tiles
+
+
+def lanes_width(d: int) -> int:
+    """The padded D of the lanes kernel for this D (4 or 8), or 0 where the tile kernel runs."""
+    return 0 if d > LANES_MAX_D else (4 if d <= 4 else 8)
 
 
 @torch.no_grad()
@@ -411,7 +516,7 @@ def nearest_code_compiled(x: torch.Tensor, codebook: torch.Tensor, threads: int 
         return indices, sqdist
     workers, row_block, chunk_tiles = compiled_plan(n, k, d, torch.get_num_threads() if threads is None else threads)
     rc = lib.vq_nearest(x.data_ptr(), n, d, x.stride(0), codebook.data_ptr(), k, codebook.stride(0),
-                        indices.data_ptr(), sqdist.data_ptr(), workers, row_block, chunk_tiles)  # fmt: skip
+                        indices.data_ptr(), sqdist.data_ptr(), workers, row_block, chunk_tiles, lanes_width(d))  # fmt: skip
     if rc != 0:
         raise MemoryError(f"compiled nearest-code kernel failed (code {rc}) at N={n}, K={k}, D={d}")
     return indices, sqdist
