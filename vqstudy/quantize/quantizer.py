@@ -16,6 +16,7 @@ Features, each switchable in `QuantizerConfig`:
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from typing import Any
 
@@ -34,7 +35,7 @@ from vqstudy.quantize.outputs import (
     validate_indices,
     validate_input,
 )
-from vqstudy.quantize.usage import code_counts, usage_from_counts
+from vqstudy.quantize.usage import code_counts, perplexity_and_utilization
 from vqstudy.quantize.vqp import VQPBackend
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class Quantizer(nn.Module):
         codes = self._codes()
         idx, sqdist = nearest_code(z.detach().float(), codes.detach().float(), backend=cfg.search_backend)
         dist_sum = sqdist.sum()  # the search's exact sum of ||z - q||^2
-        if not torch.isfinite(dist_sum):  # NaN/Inf input (raises) or merely overflowing distances (passes)
+        if not math.isfinite(dist_sum.item()):  # NaN/Inf input (raises) or merely overflowing distances (passes)
             raise_if_not_finite(x)
         # fast path (EMA codebook, plain straight-through): one autograd node for the lookup, the
         # straight-through estimator and the commitment loss (same values and gradients as the general path)
@@ -188,12 +189,13 @@ class Quantizer(nn.Module):
             self._fill_reservoir(z.detach(), step)
             if cfg.dead_code_reset and step % cfg.reset_every == 0:
                 resets = self._reset_dead_codes()
-        usage = usage_from_counts(code_counts(idx, cfg.codebook_size, check=False) if counts is None else counts)
+        perplexity, utilization, _ = perplexity_and_utilization(
+            code_counts(idx, cfg.codebook_size, check=False) if counts is None else counts)
 
         quantized = self.project_out(q_st).reshape(*lead, cfg.dim)
         stats = QuantizeStats(
-            perplexity=usage.perplexity.float(),
-            utilization=usage.utilization.float(),
+            perplexity=perplexity.float(),
+            utilization=utilization.float(),
             commit_loss=commit.detach(),
             codebook_loss=codebook_loss.detach(),
             dead_codes=self.dead_mask().sum(),

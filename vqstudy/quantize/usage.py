@@ -39,16 +39,24 @@ def code_counts(indices: torch.Tensor, codebook_size: int, check: bool = True) -
     return torch.bincount(flat, minlength=codebook_size).double()
 
 
-def usage_from_counts(counts: torch.Tensor, dead_threshold: float = DEAD_CODE_THRESHOLD) -> Usage:
-    """Usage statistics of per-code `counts` (K,)."""
+def perplexity_and_utilization(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(perplexity, utilization, probs) of per-code `counts` (K,), float64: the part of `usage_from_counts` the
+    quantizer reports every step."""
     counts = counts.double()
-    k = counts.numel()
     total = counts.sum()
     probs = counts / total.clamp_min(1)
     # exp(entropy) with 0 log 0 = 0, times 0 when nothing was counted (no host sync)
     perplexity = torch.special.xlogy(probs, probs).sum().neg_().exp_().mul_(total > 0)
+    return perplexity, torch.count_nonzero(counts).double() / counts.numel(), probs
+
+
+def usage_from_counts(counts: torch.Tensor, dead_threshold: float = DEAD_CODE_THRESHOLD) -> Usage:
+    """Usage statistics of per-code `counts` (K,)."""
+    counts = counts.double()
+    k = counts.numel()
+    perplexity, utilization, probs = perplexity_and_utilization(counts)
     return Usage(
-        utilization=torch.count_nonzero(counts).double() / k,
+        utilization=utilization,
         perplexity=perplexity,
         effective_bits=torch.log2(perplexity.clamp_min(1.0)),
         dead_fraction=torch.count_nonzero(probs < dead_threshold / k).double() / k,
