@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -372,12 +373,32 @@ def test_bench_skips_with_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     assert wrong["ids_differ"] == 1 and wrong["ref_closer"] == 1 and wrong["max_gap"] == 4.0
 
 
+def test_paired_ratio_interleaves_and_takes_the_median_ratio() -> None:
+    """Calls alternate in order pair by pair; the ratio is peer time / own time of each pair's two calls."""
+    from vqstudy.bench import paired_ratio
+
+    calls: list[str] = []
+
+    def own() -> None:
+        calls.append("own")
+        time.sleep(0.002)
+
+    def peer() -> None:
+        calls.append("peer")
+        time.sleep(0.006)
+
+    ratio, ratios = paired_ratio(own, peer, pairs=4)
+    assert calls[2:] == ["own", "peer", "peer", "own", "own", "peer", "peer", "own"]  # after one warm-up call each
+    assert len(ratios) == 4 and 1.5 < ratio < 4.5 and all(r > 1 for r in ratios)
+
+
 def test_readme_table_is_regenerated_between_its_markers(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from vqstudy.bench import README_BEGIN, README_END, update_readme
 
     results = {"entries": [
         {"n": 64, "k": 8, "d": 4, "methods": [
-            {"method": "vqstudy", "time_s": 0.002, "ratio_gemm": 0.5}, {"method": "faiss", "time_s": 0.001},
+            {"method": "vqstudy", "time_s": 0.002, "ratio_gemm": 0.5, "speedup_vs_faiss_paired": 0.75,
+             "paired_quartiles": [0.7, 0.8]}, {"method": "faiss", "time_s": 0.001},
             {"method": "vqstudy_train", "time_s": 0.004}, {"method": "vqp_train", "time_s": 0.010}]},
         {"n": 128, "k": 8, "d": 4, "methods": [
             {"method": "vqstudy", "time_s": 0.001, "ratio_gemm": 0.6}, {"method": "faiss", "time_s": 0.003},
@@ -387,8 +408,9 @@ def test_readme_table_is_regenerated_between_its_markers(tmp_path) -> None:  # t
     update_readme(readme, results)
     text = readme.read_text()
     assert "old table" not in text and text.startswith("intro\n") and text.endswith("outro\n")
-    assert "| 64, 8, 4 | 2.0 ms | 1.0 ms | **0.50** | 0.50 | 4.0 ms / 10.0 ms | **2.5x** |" in text  # shortfalls in bold
-    assert "| 128, 8, 4 | 1.0 ms | 3.0 ms | 3.00 | 0.60 | not run" in text
+    # shortfalls in bold
+    assert "| 64, 8, 4 | 2.0 ms | 1.0 ms | **0.50** | **0.75** [0.70, 0.80] | 0.50 | 4.0 ms / 10.0 ms | **2.5x** |" in text
+    assert "| 128, 8, 4 | 1.0 ms | 3.0 ms | 3.00 | - | 0.60 | not run" in text
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="no .* block"):
         update_readme(readme, results)
