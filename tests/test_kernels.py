@@ -333,12 +333,14 @@ def test_bad_input_errors(x: object, codebook: object, backend: str, err: type, 
 
 
 @pytest.mark.slow
-def test_bench_smoke(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_bench_smoke(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """The benchmark runs on a tiny grid and writes a table that agrees with its JSON."""
+    import vqstudy.bench as bench
     from vqstudy.bench import BenchConfig, run_bench, write_results
 
+    monkeypatch.setattr(bench, "PAIRED_GEMM_MIN_S", 0.0)  # a tiny search still gets the interleaved GEMM share
     cfg = BenchConfig(grid=((256, 300, 8),), repeats=2, train_repeats=1, gemm_size=128, memory=False,
-                      methods=("vqstudy", "cdist"))  # fmt: skip
+                      methods=("vqstudy", "cdist"), paired_min_seconds=0.05)  # fmt: skip
     results = run_bench(cfg)
     md, js = write_results(results, tmp_path, "pytest")
     loaded = json.loads(js.read_text())
@@ -347,6 +349,8 @@ def test_bench_smoke(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert rows["vqstudy"]["gflops"] == pytest.approx(2 * 256 * 300 * 8 / rows["vqstudy"]["time_s"] / 1e9)
     assert "| 256 | 300 | 8 | vqstudy |" in md.read_text()
     assert rows["vqstudy"]["ids_differ"] == 0 and rows["cdist"]["ids_differ"] == 0
+    q1, q3 = rows["vqstudy"]["ratio_gemm_paired_quartiles"]
+    assert 0 < q1 <= rows["vqstudy"]["ratio_gemm_paired"] <= q3  # the interleaved GEMM share, median in its quartiles
     with pytest.raises(ValueError, match="methods"):
         BenchConfig(methods=("nope",))
 
@@ -398,7 +402,7 @@ def test_readme_table_is_regenerated_between_its_markers(tmp_path) -> None:  # t
     results = {"entries": [
         {"n": 64, "k": 8, "d": 4, "methods": [
             {"method": "vqstudy", "time_s": 0.002, "ratio_gemm": 0.5, "speedup_vs_faiss_paired": 0.75,
-             "paired_quartiles": [0.7, 0.8]}, {"method": "faiss", "time_s": 0.001},
+             "paired_quartiles": [0.7, 0.8], "ratio_gemm_paired": 0.55}, {"method": "faiss", "time_s": 0.001},
             {"method": "vqstudy_train", "time_s": 0.004}, {"method": "vqp_train", "time_s": 0.010}]},
         {"n": 128, "k": 8, "d": 4, "methods": [
             {"method": "vqstudy", "time_s": 0.001, "ratio_gemm": 0.6}, {"method": "faiss", "time_s": 0.003},
@@ -409,7 +413,8 @@ def test_readme_table_is_regenerated_between_its_markers(tmp_path) -> None:  # t
     text = readme.read_text()
     assert "old table" not in text and text.startswith("intro\n") and text.endswith("outro\n")
     # shortfalls in bold
-    assert "| 64, 8, 4 | 2.0 ms | 1.0 ms | **0.50** | **0.75** [0.70, 0.80] | 0.50 | 4.0 ms / 10.0 ms | **2.5x** |" in text
+    assert ("| 64, 8, 4 | 2.0 ms | 1.0 ms | **0.50** | **0.75** [0.70, 0.80] | 0.50 (0.55) | 4.0 ms / 10.0 ms "
+            "| **2.5x** |") in text
     assert "| 128, 8, 4 | 1.0 ms | 3.0 ms | 3.00 | - | 0.60 | not run" in text
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="no .* block"):

@@ -20,9 +20,9 @@ cores; built without it, pthreads.
 Also here: `vq_ema_step`, the quantizer's EMA codebook update in one fused pass (see `ema_step_compiled`).
 
 Build: the source below is compiled with the system C++ compiler (`$CXX`, else `c++`/`g++`/`clang++`),
-`-O3 -march=native -fopenmp` (dropping the flags a compiler refuses), into `$VQSTUDY_CACHE_DIR` (default ~/.cache/vqstudy) under a name hashed from the
-source, the compiler and the CPU, then loaded with ctypes (which releases the GIL during the call). It
-takes about a second, once per machine. Without a working compiler `compiled_available()` is False and
+`-O3 -march=native -fopenmp` (dropping the flags a compiler refuses), into `$VQSTUDY_CACHE_DIR` (default
+~/.cache/vqstudy) under a name hashed from the source, the compiler and the CPU, then loaded with ctypes (which
+releases the GIL during the call). It takes about a second, once per machine. Without a working compiler `compiled_available()` is False and
 `nearest_code` falls back to the pure-torch blocked path.
 """
 
@@ -210,7 +210,8 @@ static void sweep_lanes(const Job* job, const float* xb, int64_t rows, float* lb
 #pragma GCC unroll 16
                 for (int j = 0; j < DP; j++)
 #pragma GCC unroll 8
-                    for (int v = 0; v < 2 * TV; v++) acc[v] += xv[j] * vload(cp + (v / TV) * DP * TC + j * TC + (v % TV) * VW);
+                    for (int v = 0; v < 2 * TV; v++)
+                        acc[v] += xv[j] * vload(cp + (v / TV) * DP * TC + j * TC + (v % TV) * VW);
                 vf m = acc[0];
 #pragma GCC unroll 8
                 for (int v = 1; v < 2 * TV; v++) m = acc[v] < m ? acc[v] : m;
@@ -227,7 +228,8 @@ static void sweep_lanes(const Job* job, const float* xb, int64_t rows, float* lb
 /* A row's lanes -> its minimum and the lowest code reaching it: the codes of each winning lane's group recomputed
    exactly as in sweep_lanes (||c||^2, then the FMAs in order). */
 template <int DP>
-static void finish_lanes(const Job* job, const float* xr, const float* lb, const int32_t* lg, float* best, int32_t* bidx) {
+static void finish_lanes(const Job* job, const float* xr, const float* lb, const int32_t* lg, float* best,
+                         int32_t* bidx) {
     float m = INFINITY;
     for (int l = 0; l < VW; l++) m = lb[l] < m ? lb[l] : m;
     *best = m;
@@ -516,7 +518,8 @@ def nearest_code_compiled(x: torch.Tensor, codebook: torch.Tensor, threads: int 
         return indices, sqdist
     workers, row_block, chunk_tiles = compiled_plan(n, k, d, torch.get_num_threads() if threads is None else threads)
     rc = lib.vq_nearest(x.data_ptr(), n, d, x.stride(0), codebook.data_ptr(), k, codebook.stride(0),
-                        indices.data_ptr(), sqdist.data_ptr(), workers, row_block, chunk_tiles, lanes_width(d))  # fmt: skip
+                        indices.data_ptr(), sqdist.data_ptr(), workers, row_block, chunk_tiles,
+                        lanes_width(d))  # fmt: skip
     if rc != 0:
         raise MemoryError(f"compiled nearest-code kernel failed (code {rc}) at N={n}, K={k}, D={d}")
     return indices, sqdist
