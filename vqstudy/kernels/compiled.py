@@ -235,20 +235,25 @@ static void finish_lanes(const Job* job, const float* xr, const float* lb, const
     *best = m;
     *bidx = 0;
     if (!(m < INFINITY)) return;  /* no finite distance: code 0, as in the tile kernel */
-    int32_t found = INT32_MAX;
+    int32_t found = INT32_MAX, closest = 0;
+    float closest_s = INFINITY;
     for (int l = 0; l < VW; l++) {
         if (lb[l] != m) continue;
         for (int v = 0; v < 2 * TV; v++) {  /* this lane's codes of the group, in increasing order */
             int64_t t = 2 * (int64_t)lg[l] + v / TV, lane = (v % TV) * VW + l;
+            int32_t code = (int32_t)(t * TC + lane);
             float s = job->csq[t * TC + lane];
             for (int j = 0; j < DP; j++) s += xr[j] * job->pack[(t * DP + j) * TC + lane];
+            if (s < closest_s || (s == closest_s && code < closest)) { closest_s = s; closest = code; }
             if (s == m) {
-                if (t * TC + lane < found) found = (int32_t)(t * TC + lane);
+                if (code < found) found = code;
                 break;
             }
         }
     }
-    if (found != INT32_MAX) *bidx = found;
+    /* the recompute reproduces the sweep's value; should a compiler ever contract the two differently, the
+       closest recomputed candidate stands in */
+    *bidx = found != INT32_MAX ? found : closest;
 }
 
 static void* worker(void* arg) {
@@ -257,8 +262,8 @@ static void* worker(void* arg) {
     float* xb = (float*)aligned_alloc(64, (size_t)(((rb * dw * 4) + 63) / 64 * 64));
     float* best = (float*)aligned_alloc(64, (size_t)((rb * 4 + 63) / 64 * 64));
     int32_t* bidx = (int32_t*)aligned_alloc(64, (size_t)((rb * 4 + 63) / 64 * 64));
-    float* lbest = job->dp ? (float*)aligned_alloc(64, (size_t)(rb * VW * 4)) : 0;
-    int32_t* lgroup = job->dp ? (int32_t*)aligned_alloc(64, (size_t)(rb * VW * 4)) : 0;
+    float* lbest = job->dp ? (float*)aligned_alloc(64, (size_t)((rb * VW * 4 + 63) / 64 * 64)) : 0;
+    int32_t* lgroup = job->dp ? (int32_t*)aligned_alloc(64, (size_t)((rb * VW * 4 + 63) / 64 * 64)) : 0;
     if (!xb || !best || !bidx || (job->dp && (!lbest || !lgroup))) {
         __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
         free(xb); free(best); free(bidx); free(lbest); free(lgroup);
@@ -310,8 +315,8 @@ extern "C" int vq_nearest(const float* x, int64_t n, int64_t d, int64_t sx, cons
         ntiles += ntiles % 2;
         chunk_tiles += chunk_tiles % 2;
     }
-    float* pack = (float*)aligned_alloc(64, (size_t)(ntiles * dw * TC * 4));
-    float* csq = (float*)aligned_alloc(64, (size_t)(ntiles * TC * 4));
+    float* pack = (float*)aligned_alloc(64, (size_t)((ntiles * dw * TC * 4 + 63) / 64 * 64));
+    float* csq = (float*)aligned_alloc(64, (size_t)((ntiles * TC * 4 + 63) / 64 * 64));
     if (!pack || !csq) { free(pack); free(csq); return 1; }
     for (int64_t t = 0; t < ntiles; t++)
         for (int64_t l = 0; l < TC; l++) {
