@@ -355,6 +355,22 @@ def test_bench_smoke(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type
         BenchConfig(methods=("nope",))
 
 
+@pytest.mark.slow
+def test_bench_interleaves_short_training_steps() -> None:
+    """Both training steps short: they are also timed in interleaved pairs, and the target uses that ratio."""
+    pytest.importorskip("vector_quantize_pytorch")
+    from vqstudy.bench import BenchConfig, run_bench
+
+    cfg = BenchConfig(grid=((256, 32, 8),), train_repeats=2, train_min_seconds=0.0, gemm_size=64, memory=False,
+                      methods=("vqstudy_train", "vqp_train"), paired_min_seconds=0.05)  # fmt: skip
+    results = run_bench(cfg)
+    row = next(r for r in results["entries"][0]["methods"] if r["method"] == "vqstudy_train")
+    q1, q3 = row["paired_quartiles"]
+    assert row["paired_calls"] >= 2 and 0 < q1 <= row["speedup_vs_vqp_paired"] <= q3
+    check = next(t for t in results["targets"] if t["target"].startswith("training step"))
+    assert check["target"].endswith("(interleaved pairs)") and check["value"] == row["speedup_vs_vqp_paired"]
+
+
 def test_bench_skips_with_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     """Baselines over the (N, K) budget, a missing faiss and the other device's methods are skipped with reasons."""
     import vqstudy.bench as bench
@@ -403,7 +419,8 @@ def test_readme_table_is_regenerated_between_its_markers(tmp_path) -> None:  # t
         {"n": 64, "k": 8, "d": 4, "methods": [
             {"method": "vqstudy", "time_s": 0.002, "ratio_gemm": 0.5, "speedup_vs_faiss_paired": 0.75,
              "paired_quartiles": [0.7, 0.8], "ratio_gemm_paired": 0.55}, {"method": "faiss", "time_s": 0.001},
-            {"method": "vqstudy_train", "time_s": 0.004}, {"method": "vqp_train", "time_s": 0.010}]},
+            {"method": "vqstudy_train", "time_s": 0.004, "speedup_vs_vqp_paired": 3.0},
+            {"method": "vqp_train", "time_s": 0.010}]},
         {"n": 128, "k": 8, "d": 4, "methods": [
             {"method": "vqstudy", "time_s": 0.001, "ratio_gemm": 0.6}, {"method": "faiss", "time_s": 0.003},
             {"method": "vqp_train", "skipped": "too big"}]}]}
@@ -414,7 +431,7 @@ def test_readme_table_is_regenerated_between_its_markers(tmp_path) -> None:  # t
     assert "old table" not in text and text.startswith("intro\n") and text.endswith("outro\n")
     # shortfalls in bold
     assert ("| 64, 8, 4 | 2.0 ms | 1.0 ms | **0.50** | **0.75** [0.70, 0.80] | 0.50 (0.55) | 4.0 ms / 10.0 ms "
-            "| **2.5x** |") in text
+            "| **2.5x** (**3.0x** interleaved) |") in text
     assert "| 128, 8, 4 | 1.0 ms | 3.0 ms | 3.00 | - | 0.60 | not run" in text
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="no .* block"):
