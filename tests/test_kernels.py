@@ -111,6 +111,20 @@ def test_compiled_lanes_kernel_takes_the_lowest_index_on_exact_ties(monkeypatch:
     assert torch.equal(indices, tile_indices) and torch.equal(sqdist, tile_sqdist)
 
 
+@needs_compiler
+def test_compiled_ema_step_refuses_bad_ids_and_shapes_and_leaves_the_state() -> None:
+    state = [torch.zeros(5), torch.ones(5), torch.randn(5, 3), torch.randn(5, 3)]
+    before = [t.clone() for t in state]
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"ids must be in \[0, 5\), got min 0 max 5"):
+        compiled.ema_step_compiled(x, torch.tensor([0, 1, 5, 2]), *state, decay=0.9, eps=1e-5, cosine=False)
+    with pytest.raises(ValueError, match=r"state shapes .* must be \[\(5,\), \(5,\), \(5, 2\), \(5, 2\)\]"):
+        compiled.ema_step_compiled(x[:, :2], torch.tensor([0, 1, 2, 3]), *state, decay=0.9, eps=1e-5, cosine=False)
+    assert all(torch.equal(a, b) for a, b in zip(state, before))
+    counts = compiled.ema_step_compiled(x, torch.tensor([0, 1, 1, 4]), *state, decay=0.9, eps=1e-5, cosine=False)
+    assert counts.tolist() == [1.0, 2.0, 0.0, 0.0, 1.0] and torch.equal(state[0], counts.float())
+
+
 def test_without_a_compiler_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_VAR, raising=False)
     monkeypatch.setattr(vqstudy.kernels, "compiled_available", lambda: False)

@@ -22,8 +22,8 @@ Also here: `vq_ema_step`, the quantizer's EMA codebook update in one fused pass 
 Build: the source below is compiled with the system C++ compiler (`$CXX`, else `c++`/`g++`/`clang++`),
 `-O3 -march=native -fopenmp` (dropping the flags a compiler refuses), into `$VQSTUDY_CACHE_DIR` (default
 ~/.cache/vqstudy) under a name hashed from the source, the compiler and the CPU, then loaded with ctypes (which
-releases the GIL during the call). It takes about a second, once per machine. Without a working compiler `compiled_available()` is False and
-`nearest_code` falls back to the pure-torch blocked path.
+releases the GIL during the call). It takes about a second, once per machine. Without a working compiler
+`compiled_available()` is False and `nearest_code` falls back to the pure-torch blocked path.
 """
 
 from __future__ import annotations
@@ -256,6 +256,16 @@ static void finish_lanes(const Job* job, const float* xr, const float* lb, const
     *bidx = found != INT32_MAX ? found : closest;
 }
 
+/* The lanes kernel over one block of `rows` rows: lane state reset, the sweep, then each row's best code. */
+template <int DP>
+static void lanes(const Job* job, const float* xb, int64_t rows, float* lbest, int32_t* lgroup, float* best,
+                  int32_t* bidx) {
+    for (int64_t i = 0; i < rows * VW; i++) { lbest[i] = INFINITY; lgroup[i] = 0; }
+    sweep_lanes<DP>(job, xb, rows, lbest, lgroup);
+    for (int64_t r = 0; r < rows; r++)
+        finish_lanes<DP>(job, xb + r * DP, lbest + r * VW, lgroup + r * VW, best + r, bidx + r);
+}
+
 static void* worker(void* arg) {
     Job* job = (Job*)arg;
     const int64_t d = job->d, rb = job->row_block, dw = job->dp ? job->dp : d;  /* dw: row width in xb */
@@ -277,17 +287,9 @@ static void* worker(void* arg) {
         memset(xb, 0, (size_t)(padded * dw * 4));
         for (int64_t r = 0; r < rows; r++) memcpy(xb + r * dw, job->x + (r0 + r) * job->sx, (size_t)d * 4);
         for (int64_t i = 0; i < padded; i++) { best[i] = INFINITY; bidx[i] = 0; }
-        if (job->dp) {
-            for (int64_t i = 0; i < rows * VW; i++) { lbest[i] = INFINITY; lgroup[i] = 0; }
-            if (job->dp == 4) sweep_lanes<4>(job, xb, rows, lbest, lgroup);
-            else sweep_lanes<8>(job, xb, rows, lbest, lgroup);
-            for (int64_t r = 0; r < rows; r++) {
-                if (job->dp == 4) finish_lanes<4>(job, xb + r * 4, lbest + r * VW, lgroup + r * VW, best + r, bidx + r);
-                else finish_lanes<8>(job, xb + r * 8, lbest + r * VW, lgroup + r * VW, best + r, bidx + r);
-            }
-        } else {
-            sweep(job, xb, padded, best, bidx);
-        }
+        if (job->dp == 4) lanes<4>(job, xb, rows, lbest, lgroup, best, bidx);
+        else if (job->dp) lanes<8>(job, xb, rows, lbest, lgroup, best, bidx);
+        else sweep(job, xb, padded, best, bidx);
         for (int64_t r = 0; r < rows; r++) {
             int32_t bi = bidx[r];
             if (bi >= job->k) bi = 0;  /* only when no real code has a finite distance */
@@ -362,10 +364,13 @@ extern "C" int vq_nearest(const float* x, int64_t n, int64_t d, int64_t sx, cons
      window_counts += counts; cluster_size = decay cluster_size + (1 - decay) counts
      embed_sum = decay embed_sum + (1 - decay) (per-code sums of the assigned rows)
      codebook = embed_sum / Laplace-smoothed cluster_size (rows normalized when cosine).
-   State buffers are contiguous float32. Returns 0, or 1 when the scratch allocation failed (nothing written). */
+   State buffers are contiguous float32. Returns 0; 1 when the scratch allocation failed, 2 when an id is outside
+   [0, k) (the state untouched in both cases). */
 extern "C" int vq_ema_step(const float* x, int64_t n, int64_t d, int64_t sx, const int64_t* idx, int64_t k,
                            double* counts, float* window_counts, float* cluster_size, float* embed_sum, float* codebook,
                            double decay, double eps, int cosine) {
+    for (int64_t i = 0; i < n; i++)
+        if (idx[i] < 0 || idx[i] >= k) return 2;
     float* sums = (float*)calloc((size_t)(k * d), sizeof(float));
     if (!sums) return 1;
     memset(counts, 0, (size_t)k * sizeof(double));
@@ -544,12 +549,19 @@ def ema_step_compiled(x: torch.Tensor, idx: torch.Tensor, window_counts: torch.T
             or idx.dtype != torch.long or not idx.is_contiguous() or idx.shape != x.shape[:1]
             or any(t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous() for t in state)):
         return None
-    k = codebook.shape[0]
+    k, d = codebook.shape[0], x.shape[1]
+    shapes = [tuple(t.shape) for t in state]
+    if shapes != [(k,), (k,), (k, d), (k, d)]:
+        raise ValueError(f"ema_step_compiled: state shapes (window_counts, cluster_size, embed_sum, codebook) must be "
+                         f"[({k},), ({k},), ({k}, {d}), ({k}, {d})] for x of width {d}; got {shapes}")
     counts = torch.empty(k, dtype=torch.float64)
     rc = lib.vq_ema_step(x.data_ptr(), x.shape[0], x.shape[1], x.stride(0), idx.data_ptr(), k, counts.data_ptr(),
                          *(t.data_ptr() for t in state), decay, eps, int(cosine))  # fmt: skip
+    if rc == 2:
+        raise ValueError(f"ema_step_compiled: code ids must be in [0, {k}), "
+                         f"got min {int(idx.min())} max {int(idx.max())}")
     if rc != 0:
-        raise MemoryError(f"compiled EMA step could not allocate its (K, d) = ({k}, {x.shape[1]}) scratch")
+        raise MemoryError(f"compiled EMA step could not allocate its (K, d) = ({k}, {d}) scratch")
     increment_version(list(state))  # written outside torch: autograd must still see the in-place change
     return counts
 
