@@ -8,9 +8,9 @@ row's best so far and only when it is strictly smaller (a handful of times per r
 codebook) locates the first code reaching it. Codes are visited in increasing order and a tie never
 replaces the best, so ties go to the lowest code index, as in the reference. Loops: row blocks (pulled by worker
 threads from a shared counter, so a core taken by another process does not stall the call) -> codebook
-chunks sized for L2 -> row tiles -> code tiles. For D <= 8 a second micro-kernel (`sweep_lanes`) holds one row
-in registers and the codes in the SIMD lanes, with a per-lane running minimum: it drops the per-tile horizontal
-check, which at such small D costs as much as the FMAs (see its comment). The exact ||x - c||^2 of the chosen code
+chunks sized for L2 -> row tiles -> code tiles. For D <= 8 a second micro-kernel (`sweep_lanes`) puts the codes in
+the SIMD lanes and keeps a per-lane running minimum for two rows at a time: it drops the per-tile horizontal check,
+which at such small D costs as much as the FMAs (see its comment). The exact ||x - c||^2 of the chosen code
 is recomputed from the difference (accumulated in double).
 
 Threads: built with OpenMP (the default), the kernel runs in torch's own OpenMP pool (the same libgomp, which torch
@@ -90,6 +90,56 @@ static inline vi iload(const int32_t* p) { vi v; memcpy(&v, p, sizeof v); return
 static inline void vstore(float* p, vf v) { memcpy(p, &v, sizeof v); }
 static inline void istore(int32_t* p, vi v) { memcpy(p, &v, sizeof v); }
 
+/* x in every lane (one vbroadcastss; `(vf){} + x` would add -0.0 first) */
+static inline vf splat(float x) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_set1_ps(x);
+#elif defined(__AVX__)
+    return (vf)_mm256_set1_ps(x);
+#elif defined(__SSE2__)
+    return (vf)_mm_set1_ps(x);
+#else
+    vf v;
+    for (int l = 0; l < VW; l++) v[l] = x;
+    return v;
+#endif
+}
+
+/* a < b ? a : b lane-wise (vminps: b where either is NaN); the lane-wise signed maximum */
+static inline vf vmin(vf a, vf b) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_min_ps((__m512)a, (__m512)b);
+#elif defined(__AVX__)
+    return (vf)_mm256_min_ps((__m256)a, (__m256)b);
+#elif defined(__SSE2__)
+    return (vf)_mm_min_ps((__m128)a, (__m128)b);
+#else
+    return a < b ? a : b;
+#endif
+}
+static inline vi imax(vi a, vi b) {
+#if defined(__AVX512F__)
+    return (vi)_mm512_max_epi32((__m512i)a, (__m512i)b);
+#elif defined(__AVX2__)
+    return (vi)_mm256_max_epi32((__m256i)a, (__m256i)b);
+#else
+    return a > b ? a : b;
+#endif
+}
+
+/* Codegen fences for the lanes kernel (no instructions): OPAQUE hides a pointer's value from the optimizer so loads
+   through it are not hoisted out of the loop; IN_REGISTER makes a loaded vector a register operand. */
+#if defined(__AVX512F__)
+#define OPAQUE(p) __asm__("" : "+r"(p))
+#define IN_REGISTER(v) __asm__("" : "+v"(v))
+#elif defined(__x86_64__) || defined(__i386__)
+#define OPAQUE(p) __asm__("" : "+r"(p))
+#define IN_REGISTER(v) __asm__("" : "+x"(v))
+#else
+#define OPAQUE(p) ((void)0)
+#define IN_REGISTER(v) ((void)0)
+#endif
+
 static inline int any_lane(vi m) {
 #if defined(__AVX512F__)
     return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) != 0;
@@ -149,12 +199,12 @@ static inline __attribute__((always_inline)) void tile(const float* __restrict x
         vf m = acc[r][0];
 #pragma GCC unroll 8
         for (int v = 1; v < TV; v++) m = acc[r][v] < m ? acc[r][v] : m;
-        vf b = (vf){} + best[r];
+        vf b = splat(best[r]);
         if (__builtin_expect(any_lane(m < b), 0)) {
             float tmin = INFINITY;
             for (int l = 0; l < VW; l++) tmin = m[l] < tmin ? m[l] : tmin;
             for (int v = 0; v < TV; v++) {
-                int hit = lane_mask(acc[r][v] == ((vf){} + tmin));
+                int hit = lane_mask(acc[r][v] == splat(tmin));
                 if (hit) { bidx[r] = base + v * VW + __builtin_ctz(hit); break; }
             }
             best[r] = tmin;
@@ -182,45 +232,60 @@ static void sweep(const Job* job, const float* xb, int64_t padded, float* best, 
     }
 }
 
-/* Small d (the lanes kernel, d padded with zeros to DP): codes in the SIMD lanes, one row at a time with its DP
-   coordinates held in registers. Codes go in groups of two tiles (2 TC codes, ntiles is even in this mode); per lane
-   the kernel keeps the smallest value seen and the group that first reached it (a strictly smaller group minimum
-   replaces it), so per 2 TC codes it spends 2 TC DP / VW FMAs and five compare/min/blend ops, against a horizontal
-   check per row and tile in `tile`, which at d <= 8 costs as much as the FMAs. `finish_lanes` then recomputes, with the
-   same operations in the same order (so the same values), the few codes of the winning lanes' groups and takes the
-   first code reaching the row minimum: ties go to the lowest code index. Codes are visited in L1-sized chunks, every
-   row of the block per chunk; a row's lane state waits in lbest/lgroup between chunks. */
+/* Small d (the lanes kernel, d padded with zeros to DP): codes in the SIMD lanes, two rows at a time, so each code
+   vector is loaded once for two rows' FMAs (one row per code load left the kernel bound by loads, not FMAs). Codes go
+   in groups of two tiles (2 TC codes, ntiles is even in this mode); per lane the kernel keeps the smallest value seen
+   and the group that first reached it (a strictly smaller group minimum replaces it), with min/compare/and/max ops
+   only (a blend would take an FMA port), against a horizontal check per row and tile in `tile`, which at d <= 8
+   costs as much as the FMAs. `finish_lanes` then recomputes, with the same operations in the same order (so the same
+   values), the few codes of the winning lanes' groups and takes the first code reaching the row minimum: ties go to
+   the lowest code index. Codes are visited in L1-sized chunks, every row of the block per chunk; a row's lane state
+   waits in lbest/lgroup between chunks. */
 template <int DP>
 static void sweep_lanes(const Job* job, const float* xb, int64_t rows, float* lbest, int32_t* lgroup) {
     for (int64_t t0 = 0; t0 < job->ntiles; t0 += job->chunk_tiles) {
         int64_t t1 = t0 + job->chunk_tiles < job->ntiles ? t0 + job->chunk_tiles : job->ntiles;
-        for (int64_t r = 0; r < rows; r++) {
-            vf xv[DP];
-#pragma GCC unroll 16
-            for (int j = 0; j < DP; j++) xv[j] = (vf){} + xb[r * DP + j];
-            vf bv = vload(lbest + r * VW);
-            vi bg = iload(lgroup + r * VW);
+        for (int64_t r = 0; r < rows; r += 2) {  /* rows is even: two rows share each code load */
+            const float* x0 = xb + r * DP;
+            vf bv0 = vload(lbest + r * VW), bv1 = vload(lbest + (r + 1) * VW);
+            vi bg0 = iload(lgroup + r * VW), bg1 = iload(lgroup + (r + 1) * VW);
             vi g = (vi){} + (int32_t)(t0 / 2);
             const float* cp = job->pack + t0 * DP * TC;
             const float* cs = job->csq + t0 * TC;
             for (int64_t t = t0; t < t1; t += 2, cp += 2 * DP * TC, cs += 2 * TC, g += 1) {
-                vf acc[2 * TV];  /* 2 TV independent FMA chains per group */
+                vf a0[2 * TV], a1[2 * TV];  /* 4 TV independent FMA chains per group */
 #pragma GCC unroll 8
-                for (int v = 0; v < 2 * TV; v++) acc[v] = vload(cs + (v / TV) * TC + (v % TV) * VW);
+                for (int v = 0; v < 2 * TV; v++) a1[v] = a0[v] = vload(cs + (v / TV) * TC + (v % TV) * VW);
+                const float* xp = x0;
+                OPAQUE(xp);  /* the broadcasts stay in the loop: hoisted, 2 DP of them would spill */
 #pragma GCC unroll 16
-                for (int j = 0; j < DP; j++)
+                for (int j = 0; j < DP; j++) {
+                    vf x0j = splat(xp[j]), x1j = splat(xp[DP + j]);
 #pragma GCC unroll 8
-                    for (int v = 0; v < 2 * TV; v++)
-                        acc[v] += xv[j] * vload(cp + (v / TV) * DP * TC + j * TC + (v % TV) * VW);
-                vf m = acc[0];
+                    for (int v = 0; v < 2 * TV; v++) {
+                        vf cv = vload(cp + (v / TV) * DP * TC + j * TC + (v % TV) * VW);
+                        IN_REGISTER(cv);  /* one load for both rows, not a memory operand in each FMA */
+                        a0[v] += x0j * cv;
+                        a1[v] += x1j * cv;
+                    }
+                }
+                vf m0 = a0[0], m1 = a1[0];
 #pragma GCC unroll 8
-                for (int v = 1; v < 2 * TV; v++) m = acc[v] < m ? acc[v] : m;
-                vi lt = m < bv;
-                bv = lt ? m : bv;
-                bg = lt ? g : bg;
+                for (int v = 1; v < 2 * TV; v++) {
+                    m0 = a0[v] < m0 ? a0[v] : m0;
+                    m1 = a1[v] < m1 ? a1[v] : m1;
+                }
+                /* blend-free (blends share the FMA ports; min, compare, and, max do not): groups only increase
+                   over a row's sweep, so the newest group wins a max against the stored one */
+                bg0 = imax(bg0, (m0 < bv0) & g);
+                bg1 = imax(bg1, (m1 < bv1) & g);
+                bv0 = vmin(m0, bv0);
+                bv1 = vmin(m1, bv1);
             }
-            vstore(lbest + r * VW, bv);
-            istore(lgroup + r * VW, bg);
+            vstore(lbest + r * VW, bv0);
+            vstore(lbest + (r + 1) * VW, bv1);
+            istore(lgroup + r * VW, bg0);
+            istore(lgroup + (r + 1) * VW, bg1);
         }
     }
 }
@@ -260,8 +325,9 @@ static void finish_lanes(const Job* job, const float* xr, const float* lb, const
 template <int DP>
 static void lanes(const Job* job, const float* xb, int64_t rows, float* lbest, int32_t* lgroup, float* best,
                   int32_t* bidx) {
-    for (int64_t i = 0; i < rows * VW; i++) { lbest[i] = INFINITY; lgroup[i] = 0; }
-    sweep_lanes<DP>(job, xb, rows, lbest, lgroup);
+    const int64_t even = rows + (rows & 1);  /* xb holds zero rows up to a multiple of TR (even) */
+    for (int64_t i = 0; i < even * VW; i++) { lbest[i] = INFINITY; lgroup[i] = 0; }
+    sweep_lanes<DP>(job, xb, even, lbest, lgroup);
     for (int64_t r = 0; r < rows; r++)
         finish_lanes<DP>(job, xb + r * DP, lbest + r * VW, lgroup + r * VW, best + r, bidx + r);
 }
