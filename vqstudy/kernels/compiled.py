@@ -3,15 +3,15 @@
 Distances, running minimum and argmin stay in registers; the (N, K) matrix is never written. The codebook
 is packed once per call into tiles of TC codes, [tile][d][TC] of -2c, with ||c||^2 per code (+inf for
 padding codes). A micro-kernel computes a (TR rows x TC codes) tile of s = ||c||^2 - 2 x.c with FMAs
-(AVX2: 6 x 16, AVX-512: 6 x 64, SSE: 4 x 8); per row it compares the tile's lane-wise minimum with the
-row's best so far and only when it is strictly smaller (a handful of times per row over the whole
-codebook) locates the first code reaching it. Codes are visited in increasing order and a tie never
-replaces the best, so ties go to the lowest code index, as in the reference. Loops: row blocks (pulled by worker
-threads from a shared counter, so a core taken by another process does not stall the call) -> codebook
-chunks sized for L2 -> row tiles -> code tiles. For D <= 8 a second micro-kernel (`sweep_lanes`) puts the codes in
-the SIMD lanes and keeps a per-lane running minimum for two rows at a time: it drops the per-tile horizontal check,
-which at such small D costs as much as the FMAs (see its comment). The exact ||x - c||^2 of the chosen code
-is recomputed from the difference (accumulated in double).
+(AVX2: 6 x 16, AVX-512: 6 x 64, SSE: 4 x 8); per row and SIMD lane it keeps the smallest value so far and
+the first tile reaching it, branch-free; after the sweep, the few codes of each row's winning lanes' tiles are
+recomputed with the same operations (so the same values) and the first code reaching the row's minimum is taken.
+Codes are visited in increasing order and a tie never replaces the best, so ties go to the lowest code index, as
+in the reference. Loops: row blocks (pulled by worker threads from a shared counter, so a core taken by another
+process does not stall the call) -> codebook chunks sized for L2 -> row tiles -> code tiles. For D <= 8 a second
+micro-kernel (`sweep_lanes`) takes two rows at a time against groups of two tiles, with the codebook chunk in L1
+(see its comment). The exact ||x - c||^2 of the chosen code is recomputed from the difference (accumulated in
+double).
 
 Threads: built with OpenMP (the default), the kernel runs in torch's own OpenMP pool (the same libgomp, which torch
 loads first), so no threads start per call and no second pool competes with torch's spinning workers for the
@@ -171,11 +171,13 @@ static inline int lane_mask(vi m) {
 #endif
 }
 
-/* s = ||c||^2 - 2 x.c for TR rows x TC codes (codes base .. base + TC - 1). Per row the tile minimum is compared
-   with the row's best so far; only when it is strictly smaller (a few times per row over the whole codebook)
-   is the first code reaching it located and recorded, so an earlier code keeps a tie. */
+/* s = ||c||^2 - 2 x.c for TR rows x TC codes (tile t, codes t TC .. t TC + TC - 1). Per row and lane the smallest
+   value so far and the first tile reaching it are kept in lb/lg (a strictly smaller tile minimum replaces them), with
+   min/compare/and/max ops and no branch: a branch on "this tile improved the row" is taken a few times per row in an
+   unpredictable place, and at small K those mispredictions and the horizontal search after them cost a quarter of
+   the FMA time. `finish` then finds each row's first code reaching its minimum. */
 static inline __attribute__((always_inline)) void tile(const float* __restrict xr, const float* __restrict cp,
-        const float* __restrict cs, int64_t d, float* __restrict best, int32_t* __restrict bidx, int32_t base) {
+        const float* __restrict cs, int64_t d, float* __restrict lb, int32_t* __restrict lg, int32_t t) {
     vf acc[TR][TV];
 #pragma GCC unroll 8
     for (int v = 0; v < TV; v++) {
@@ -194,21 +196,15 @@ static inline __attribute__((always_inline)) void tile(const float* __restrict x
             for (int v = 0; v < TV; v++) acc[r][v] += xs * cv[v];
         }
     }
+    const vi g = (vi){} + t;
 #pragma GCC unroll 8
     for (int r = 0; r < TR; r++) {
         vf m = acc[r][0];
 #pragma GCC unroll 8
-        for (int v = 1; v < TV; v++) m = acc[r][v] < m ? acc[r][v] : m;
-        vf b = splat(best[r]);
-        if (__builtin_expect(any_lane(m < b), 0)) {
-            float tmin = INFINITY;
-            for (int l = 0; l < VW; l++) tmin = m[l] < tmin ? m[l] : tmin;
-            for (int v = 0; v < TV; v++) {
-                int hit = lane_mask(acc[r][v] == splat(tmin));
-                if (hit) { bidx[r] = base + v * VW + __builtin_ctz(hit); break; }
-            }
-            best[r] = tmin;
-        }
+        for (int v = 1; v < TV; v++) m = vmin(acc[r][v], m);
+        vf bv = vload(lb + r * VW);
+        istore(lg + r * VW, imax(iload(lg + r * VW), (m < bv) & g));  /* tiles only increase over a row's sweep */
+        vstore(lb + r * VW, vmin(m, bv));
     }
 }
 
@@ -222,13 +218,14 @@ struct Job {
 };
 
 /* All codes against one block of `padded` rows: codebook chunks sized for L2 -> row tiles -> code tiles. */
-static void sweep(const Job* job, const float* xb, int64_t padded, float* best, int32_t* bidx) {
+static void sweep(const Job* job, const float* xb, int64_t padded, float* lbest, int32_t* lgroup) {
     const int64_t d = job->d;
     for (int64_t t0 = 0; t0 < job->ntiles; t0 += job->chunk_tiles) {
         int64_t t1 = t0 + job->chunk_tiles < job->ntiles ? t0 + job->chunk_tiles : job->ntiles;
         for (int64_t r = 0; r < padded; r += TR)
             for (int64_t t = t0; t < t1; t++)
-                tile(xb + r * d, job->pack + t * d * TC, job->csq + t * TC, d, best + r, bidx + r, (int32_t)(t * TC));
+                tile(xb + r * d, job->pack + t * d * TC, job->csq + t * TC, d, lbest + r * VW, lgroup + r * VW,
+                     (int32_t)t);
     }
 }
 
@@ -236,10 +233,10 @@ static void sweep(const Job* job, const float* xb, int64_t padded, float* best, 
    vector is loaded once for two rows' FMAs (one row per code load left the kernel bound by loads, not FMAs). Codes go
    in groups of two tiles (2 TC codes, ntiles is even in this mode); per lane the kernel keeps the smallest value seen
    and the group that first reached it (a strictly smaller group minimum replaces it), with min/compare/and/max ops
-   only (a blend would take an FMA port), against a horizontal check per row and tile in `tile`, which at d <= 8
-   costs as much as the FMAs. `finish_lanes` then recomputes, with the same operations in the same order (so the same
-   values), the few codes of the winning lanes' groups and takes the first code reaching the row minimum: ties go to
-   the lowest code index. Codes are visited in L1-sized chunks, every row of the block per chunk; a row's lane state
+   only (a blend would take an FMA port); at d <= 8 that per-row state costs as much as the FMAs unless it is shared
+   by two tiles. `finish` then recomputes, with the same operations in the same order (so the same values), the few
+   codes of the winning lanes' groups and takes the first code reaching the row minimum: ties go to the lowest code
+   index. Codes are visited in L1-sized chunks, every row of the block per chunk; a row's lane state
    waits in lbest/lgroup between chunks. */
 template <int DP>
 static void sweep_lanes(const Job* job, const float* xb, int64_t rows, float* lbest, int32_t* lgroup) {
@@ -290,25 +287,24 @@ static void sweep_lanes(const Job* job, const float* xb, int64_t rows, float* lb
     }
 }
 
-/* A row's lanes -> its minimum and the lowest code reaching it: the codes of each winning lane's group recomputed
-   exactly as in sweep_lanes (||c||^2, then the FMAs in order). */
-template <int DP>
-static void finish_lanes(const Job* job, const float* xr, const float* lb, const int32_t* lg, float* best,
-                         int32_t* bidx) {
+/* A row's lanes -> its minimum and the lowest code reaching it: the codes of each winning lane's group (gt tiles,
+   packed dw wide) recomputed exactly as in the sweep (||c||^2, then the FMAs in order). */
+static void finish(const Job* job, const float* xr, int64_t dw, int64_t gt, const float* lb, const int32_t* lg,
+                   float* best, int32_t* bidx) {
     float m = INFINITY;
     for (int l = 0; l < VW; l++) m = lb[l] < m ? lb[l] : m;
     *best = m;
     *bidx = 0;
-    if (!(m < INFINITY)) return;  /* no finite distance: code 0, as in the tile kernel */
+    if (!(m < INFINITY)) return;  /* no finite distance: code 0 */
     int32_t found = INT32_MAX, closest = 0;
     float closest_s = INFINITY;
     for (int l = 0; l < VW; l++) {
         if (lb[l] != m) continue;
-        for (int v = 0; v < 2 * TV; v++) {  /* this lane's codes of the group, in increasing order */
-            int64_t t = 2 * (int64_t)lg[l] + v / TV, lane = (v % TV) * VW + l;
+        for (int64_t v = 0; v < gt * TV; v++) {  /* this lane's codes of the group, in increasing order */
+            int64_t t = gt * (int64_t)lg[l] + v / TV, lane = (v % TV) * VW + l;
             int32_t code = (int32_t)(t * TC + lane);
             float s = job->csq[t * TC + lane];
-            for (int j = 0; j < DP; j++) s += xr[j] * job->pack[(t * DP + j) * TC + lane];
+            for (int64_t j = 0; j < dw; j++) s += xr[j] * job->pack[(t * dw + j) * TC + lane];
             if (s < closest_s || (s == closest_s && code < closest)) { closest_s = s; closest = code; }
             if (s == m) {
                 if (code < found) found = code;
@@ -328,8 +324,7 @@ static void lanes(const Job* job, const float* xb, int64_t rows, float* lbest, i
     const int64_t even = rows + (rows & 1);  /* xb holds zero rows up to a multiple of TR (even) */
     for (int64_t i = 0; i < even * VW; i++) { lbest[i] = INFINITY; lgroup[i] = 0; }
     sweep_lanes<DP>(job, xb, even, lbest, lgroup);
-    for (int64_t r = 0; r < rows; r++)
-        finish_lanes<DP>(job, xb + r * DP, lbest + r * VW, lgroup + r * VW, best + r, bidx + r);
+    for (int64_t r = 0; r < rows; r++) finish(job, xb + r * DP, DP, 2, lbest + r * VW, lgroup + r * VW, best + r, bidx + r);
 }
 
 static void* worker(void* arg) {
@@ -338,9 +333,9 @@ static void* worker(void* arg) {
     float* xb = (float*)aligned_alloc(64, (size_t)(((rb * dw * 4) + 63) / 64 * 64));
     float* best = (float*)aligned_alloc(64, (size_t)((rb * 4 + 63) / 64 * 64));
     int32_t* bidx = (int32_t*)aligned_alloc(64, (size_t)((rb * 4 + 63) / 64 * 64));
-    float* lbest = job->dp ? (float*)aligned_alloc(64, (size_t)((rb * VW * 4 + 63) / 64 * 64)) : 0;
-    int32_t* lgroup = job->dp ? (int32_t*)aligned_alloc(64, (size_t)((rb * VW * 4 + 63) / 64 * 64)) : 0;
-    if (!xb || !best || !bidx || (job->dp && (!lbest || !lgroup))) {
+    float* lbest = (float*)aligned_alloc(64, (size_t)((rb * VW * 4 + 63) / 64 * 64));
+    int32_t* lgroup = (int32_t*)aligned_alloc(64, (size_t)((rb * VW * 4 + 63) / 64 * 64));
+    if (!xb || !best || !bidx || !lbest || !lgroup) {
         __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
         free(xb); free(best); free(bidx); free(lbest); free(lgroup);
         return 0;
@@ -355,7 +350,11 @@ static void* worker(void* arg) {
         for (int64_t i = 0; i < padded; i++) { best[i] = INFINITY; bidx[i] = 0; }
         if (job->dp == 4) lanes<4>(job, xb, rows, lbest, lgroup, best, bidx);
         else if (job->dp) lanes<8>(job, xb, rows, lbest, lgroup, best, bidx);
-        else sweep(job, xb, padded, best, bidx);
+        else {
+            for (int64_t i = 0; i < padded * VW; i++) { lbest[i] = INFINITY; lgroup[i] = 0; }
+            sweep(job, xb, padded, lbest, lgroup);
+            for (int64_t r = 0; r < rows; r++) finish(job, xb + r * d, d, 1, lbest + r * VW, lgroup + r * VW, best + r, bidx + r);
+        }
         for (int64_t r = 0; r < rows; r++) {
             int32_t bi = bidx[r];
             if (bi >= job->k) bi = 0;  /* only when no real code has a finite distance */
