@@ -112,6 +112,33 @@ def test_compiled_lanes_kernel_takes_the_lowest_index_on_exact_ties(monkeypatch:
 
 
 @needs_compiler
+def test_compiled_usage_stats_match_the_torch_definitions() -> None:
+    """Perplexity, utilization and the dead-code count in C equal `perplexity_and_utilization` and the dead-mask rule
+    (usage share below threshold / K; EMA counts while the usage window is empty), and bad inputs get None."""
+    from vqstudy.quantize.usage import perplexity_and_utilization
+
+    g = torch.Generator().manual_seed(0)
+    k, threshold = 37, 0.5
+    cluster = torch.rand(k, generator=g) * torch.randint(0, 2, (k,), generator=g)
+    cases = [
+        (torch.randint(0, 4, (k,), generator=g).double(), torch.randint(0, 9, (k,), generator=g).float()),
+        (torch.zeros(k, dtype=torch.float64), torch.zeros(k)),  # nothing counted, empty window
+        (torch.eye(k, dtype=torch.float64)[3] * 5, torch.eye(k)[3] * 5),  # one code used
+    ]
+    for counts, window in cases:
+        perplexity, utilization, dead = compiled.usage_stats_compiled(counts, window, cluster, threshold)
+        ref_p, ref_u, _ = perplexity_and_utilization(counts)
+        usage = window if window.sum() > 0 else cluster
+        ref_dead = int((usage < usage.sum().clamp_min(1e-12) * (threshold / k)).sum())
+        torch.testing.assert_close(perplexity, ref_p.float())
+        torch.testing.assert_close(utilization, ref_u.float())
+        assert int(dead) == ref_dead
+    assert float(compiled.usage_stats_compiled(*cases[0], cluster, threshold)[0]) > 1.0
+    assert compiled.usage_stats_compiled(cases[0][0].float(), cases[0][1], cluster, threshold) is None
+    assert compiled.usage_stats_compiled(cases[0][0], cases[0][1][:-1], cluster, threshold) is None
+
+
+@needs_compiler
 def test_compiled_ema_step_refuses_bad_ids_and_shapes_and_leaves_the_state() -> None:
     state = [torch.zeros(5), torch.ones(5), torch.randn(5, 3), torch.randn(5, 3)]
     before = [t.clone() for t in state]

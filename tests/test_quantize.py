@@ -138,7 +138,8 @@ def test_ema_update_matches_hand_computation():
 
 @pytest.mark.parametrize("kwargs", [{}, {"cosine": True, "codebook_dim": 4}])
 def test_compiled_ema_step_matches_the_torch_path(monkeypatch, kwargs):
-    """The fused C++ EMA step (one process, CPU) leaves the same state as the torch ops it replaces."""
+    """The fused C++ EMA step and per-step statistics (one process, CPU) give the same state and statistics as the
+    torch ops they replace."""
     import vqstudy.quantize.quantizer as quantizer_module
     from vqstudy.kernels.compiled import compiled_available
 
@@ -150,6 +151,7 @@ def test_compiled_ema_step_matches_the_torch_path(monkeypatch, kwargs):
     for name in ("compiled", "torch"):
         if name == "torch":
             monkeypatch.setattr(quantizer_module, "ema_step_compiled", lambda *a, **k: None)
+            monkeypatch.setattr(quantizer_module, "usage_stats_compiled", lambda *a, **k: None)
         torch.manual_seed(0)  # the low-dim projections' init
         q = Quantizer(dim=8, codebook_size=10, kmeans_samples=48, reset_every=2, seed=3, **kwargs)
         stats = [q(x + 0.01 * i).stats for i in range(6)]
@@ -160,7 +162,9 @@ def test_compiled_ema_step_matches_the_torch_path(monkeypatch, kwargs):
         torch.testing.assert_close(state_c[key], state_t[key], rtol=1e-5, atol=1e-6, msg=key)
     for a, b in zip(stats_c, stats_t):
         torch.testing.assert_close(a.perplexity, b.perplexity)
-        assert int(a.resets) == int(b.resets)
+        torch.testing.assert_close(a.utilization, b.utilization)
+        assert int(a.resets) == int(b.resets) and int(a.dead_codes) == int(b.dead_codes)
+    assert any(int(s.resets) for s in stats_c) and any(int(s.dead_codes) for s in stats_c)  # both were exercised
 
 
 def test_ema_step_bumps_the_codebook_version_for_autograd():

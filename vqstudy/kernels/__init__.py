@@ -23,7 +23,8 @@ from typing import Any, NamedTuple
 import torch
 
 from vqstudy.kernels.blocked import BlockedPlan, blocked_plan, nearest_code_blocked
-from vqstudy.kernels.compiled import compiled_available, ema_step_compiled, nearest_code_compiled
+from vqstudy.kernels.compiled import (compiled_available, ema_step_compiled, nearest_code_compiled,
+                                      usage_stats_compiled)
 from vqstudy.kernels.reference import exact_sqdist, nearest_code_torch
 from vqstudy.kernels.triton_kernel import interpreter_enabled, nearest_code_triton, triton_available
 
@@ -136,4 +137,5 @@ __all__ = [
     "exact_sqdist",
     "nearest_code",
     "resolve_backend",
+    "usage_stats_compiled",
 ]

@@ -459,19 +459,47 @@ extern "C" int vq_ema_step(const float* x, int64_t n, int64_t d, int64_t sx, con
         const float* __restrict s = sums + c * d;
         float* __restrict q = codebook + c * d;
         const float smoothed = (cluster_size[c] + (float)eps) / (ftotal + (float)k * (float)eps) * ftotal;
-        double norm = 0.0;
-        for (int64_t j = 0; j < d; j++) {
+        for (int64_t j = 0; j < d; j++) {  /* vectorized: the norm (an ordered double sum) is a separate loop */
             e[j] = e[j] * (float)decay + s[j] * (float)keep;
             q[j] = e[j] / smoothed;
-            norm += (double)q[j] * q[j];
         }
         if (cosine) {
+            double norm = 0.0;
+            for (int64_t j = 0; j < d; j++) norm += (double)q[j] * q[j];
             const float scale = 1.0f / fmaxf((float)sqrt(norm), 1e-12f);
             for (int64_t j = 0; j < d; j++) q[j] *= scale;
         }
     }
     free(sums);
     return 0;
+}
+
+/* The quantizer's per-step statistics in one pass over K (one process, CPU): out[0] perplexity exp(-sum p log p) of
+   `counts` (0 when nothing was counted), out[1] utilization (share of counts > 0), *dead the codes whose usage share
+   is below threshold / K: usage = window_counts, or cluster_size while the window is empty (Quantizer.dead_mask). */
+extern "C" void vq_usage_stats(const double* counts, int64_t k, const float* window_counts, const float* cluster_size,
+                               double threshold, float* out, int64_t* dead) {
+    double total = 0.0, wtotal = 0.0, ctotal = 0.0;
+    int64_t used = 0;
+    for (int64_t c = 0; c < k; c++) {
+        total += counts[c];
+        used += counts[c] != 0.0;
+        wtotal += window_counts[c];
+        ctotal += cluster_size[c];
+    }
+    double plogp = 0.0;
+    const double denom = total > 1.0 ? total : 1.0;
+    for (int64_t c = 0; c < k; c++) {
+        const double pc = counts[c] / denom;
+        if (pc > 0.0) plogp += pc * log(pc);
+    }
+    out[0] = total > 0.0 ? (float)exp(-plogp) : 0.0f;
+    out[1] = (float)((double)used / (double)k);
+    const float* usage = wtotal > 0.0 ? window_counts : cluster_size;
+    const float limit = fmaxf((float)(wtotal > 0.0 ? wtotal : ctotal), 1e-12f) * (float)(threshold / (double)k);
+    int64_t n = 0;
+    for (int64_t c = 0; c < k; c++) n += usage[c] < limit;
+    *dead = n;
 }
 """
 
@@ -538,6 +566,8 @@ def _library() -> ctypes.CDLL | None:
     lib.vq_ema_step.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_double,
                                 ctypes.c_double, ctypes.c_int]
     lib.vq_ema_step.restype = ctypes.c_int
+    lib.vq_usage_stats.argtypes = [ptr, i64, ptr, ptr, ctypes.c_double, ptr, ptr]
+    lib.vq_usage_stats.restype = None
     return lib
 
 
@@ -631,4 +661,24 @@ def ema_step_compiled(x: torch.Tensor, idx: torch.Tensor, window_counts: torch.T
     return counts
 
 
-__all__ = ["compiled_available", "compiled_plan", "ema_step_compiled", "nearest_code_compiled", "tile_shape"]
+def usage_stats_compiled(counts: torch.Tensor, window_counts: torch.Tensor, cluster_size: torch.Tensor,
+                         threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(perplexity, utilization) float32 and the dead-code count int64 (0-d tensors) of a quantizer step, in one C
+    pass (see `vq_usage_stats` in SOURCE): the values of `perplexity_and_utilization(counts)` and
+    `Quantizer.dead_mask().sum()`. counts (K,) float64, window_counts and cluster_size (K,) float32, all contiguous on
+    the CPU; otherwise, or without the kernel, None (the caller runs its torch path)."""
+    lib = _library()
+    k = counts.shape[0] if counts.ndim == 1 else -1
+    if (lib is None or counts.dtype != torch.float64 or k < 1
+            or any(t.device.type != "cpu" or not t.is_contiguous() for t in (counts, window_counts, cluster_size))
+            or any(t.dtype != torch.float32 or t.shape != (k,) for t in (window_counts, cluster_size))):
+        return None
+    out = torch.empty(2, dtype=torch.float32)
+    dead = torch.empty((), dtype=torch.int64)
+    lib.vq_usage_stats(counts.data_ptr(), k, window_counts.data_ptr(), cluster_size.data_ptr(), threshold,
+                       out.data_ptr(), dead.data_ptr())  # fmt: skip
+    return out[0], out[1], dead
+
+
+__all__ = ["compiled_available", "compiled_plan", "ema_step_compiled", "nearest_code_compiled", "tile_shape",
+           "usage_stats_compiled"]

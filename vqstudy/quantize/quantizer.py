@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqstudy.kernels import ema_step_compiled, nearest_code
+from vqstudy.kernels import ema_step_compiled, nearest_code, usage_stats_compiled
 from vqstudy.quantize import distributed as D
 from vqstudy.quantize.config import QuantizerConfig
 from vqstudy.quantize.kmeans import canonical_order, kmeans
@@ -189,16 +189,20 @@ class Quantizer(nn.Module):
             self._fill_reservoir(z.detach(), step)
             if cfg.dead_code_reset and step % cfg.reset_every == 0:
                 resets = self._reset_dead_codes()
-        perplexity, utilization, _ = perplexity_and_utilization(
-            code_counts(idx, cfg.codebook_size, check=False) if counts is None else counts)
+        counts = code_counts(idx, cfg.codebook_size, check=False) if counts is None else counts
+        # on the CPU one C pass; the torch path (GPU, or without the kernel) gives the same values
+        usage = usage_stats_compiled(counts, self.window_counts, self.cluster_size, cfg.dead_code_threshold)
+        if usage is None:
+            perplexity, utilization, _ = perplexity_and_utilization(counts)
+            usage = (perplexity.float(), utilization.float(), self.dead_mask().sum())
 
         quantized = self.project_out(q_st).reshape(*lead, cfg.dim)
         stats = QuantizeStats(
-            perplexity=perplexity.float(),
-            utilization=utilization.float(),
+            perplexity=usage[0],
+            utilization=usage[1],
             commit_loss=commit.detach(),
             codebook_loss=codebook_loss.detach(),
-            dead_codes=self.dead_mask().sum(),
+            dead_codes=usage[2],
             resets=torch.tensor(resets),
         )
         return QuantizeOutput(quantized, idx.reshape(lead), loss, stats)
