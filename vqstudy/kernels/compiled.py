@@ -140,36 +140,8 @@ static inline vi imax(vi a, vi b) {
 #define IN_REGISTER(v) ((void)0)
 #endif
 
-static inline int any_lane(vi m) {
-#if defined(__AVX512F__)
-    return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) != 0;
-#elif defined(__AVX__)
-    return _mm256_movemask_ps((__m256)m) != 0;
-#elif defined(__SSE2__)
-    return _mm_movemask_ps((__m128)m) != 0;
-#else
-    int a = 0;
-    for (int l = 0; l < VW; l++) a |= m[l];
-    return a != 0;
-#endif
-}
-
 extern "C" int vq_tile_codes(void) { return TC; }
 extern "C" int vq_tile_rows(void) { return TR; }
-
-static inline int lane_mask(vi m) {
-#if defined(__AVX512F__)
-    return (int)_mm512_test_epi32_mask((__m512i)m, (__m512i)m);
-#elif defined(__AVX__)
-    return _mm256_movemask_ps((__m256)m);
-#elif defined(__SSE2__)
-    return _mm_movemask_ps((__m128)m);
-#else
-    int a = 0;
-    for (int l = 0; l < VW; l++) a |= (m[l] != 0) << l;
-    return a;
-#endif
-}
 
 /* s = ||c||^2 - 2 x.c for TR rows x TC codes (tile t, codes t TC .. t TC + TC - 1). Per row and lane the smallest
    value so far and the first tile reaching it are kept in lb/lg (a strictly smaller tile minimum replaces them), with
