@@ -241,8 +241,8 @@ static void sweep_lanes(const Job* job, const float* xb, int64_t rows, float* lb
                 vf m0 = a0[0], m1 = a1[0];
 #pragma GCC unroll 8
                 for (int v = 1; v < 2 * TV; v++) {
-                    m0 = a0[v] < m0 ? a0[v] : m0;
-                    m1 = a1[v] < m1 ? a1[v] : m1;
+                    m0 = vmin(a0[v], m0);
+                    m1 = vmin(a1[v], m1);
                 }
                 /* blend-free (blends share the FMA ports; min, compare, and, max do not): groups only increase
                    over a row's sweep, so the newest group wins a max against the stored one */
@@ -259,15 +259,13 @@ static void sweep_lanes(const Job* job, const float* xb, int64_t rows, float* lb
     }
 }
 
-/* A row's lanes -> its minimum and the lowest code reaching it: the codes of each winning lane's group (gt tiles,
-   packed dw wide) recomputed exactly as in the sweep (||c||^2, then the FMAs in order). */
-static void finish(const Job* job, const float* xr, int64_t dw, int64_t gt, const float* lb, const int32_t* lg,
-                   float* best, int32_t* bidx) {
+/* A row's lanes -> the lowest code reaching its minimum: the codes of each winning lane's group (gt tiles, packed dw
+   wide) recomputed exactly as in the sweep (||c||^2, then the FMAs in order). */
+static inline __attribute__((always_inline)) int32_t finish(const Job* job, const float* xr, int64_t dw, int64_t gt,
+                                                            const float* lb, const int32_t* lg) {
     float m = INFINITY;
     for (int l = 0; l < VW; l++) m = lb[l] < m ? lb[l] : m;
-    *best = m;
-    *bidx = 0;
-    if (!(m < INFINITY)) return;  /* no finite distance: code 0 */
+    if (!(m < INFINITY)) return 0;  /* no finite distance: code 0 */
     int32_t found = INT32_MAX, closest = 0;
     float closest_s = INFINITY;
     for (int l = 0; l < VW; l++) {
@@ -286,30 +284,18 @@ static void finish(const Job* job, const float* xr, int64_t dw, int64_t gt, cons
     }
     /* the recompute reproduces the sweep's value; should a compiler ever contract the two differently, the
        closest recomputed candidate stands in */
-    *bidx = found != INT32_MAX ? found : closest;
-}
-
-/* The lanes kernel over one block of `rows` rows: lane state reset, the sweep, then each row's best code. */
-template <int DP>
-static void lanes(const Job* job, const float* xb, int64_t rows, float* lbest, int32_t* lgroup, float* best,
-                  int32_t* bidx) {
-    const int64_t even = rows + (rows & 1);  /* xb holds zero rows up to a multiple of TR (even) */
-    for (int64_t i = 0; i < even * VW; i++) { lbest[i] = INFINITY; lgroup[i] = 0; }
-    sweep_lanes<DP>(job, xb, even, lbest, lgroup);
-    for (int64_t r = 0; r < rows; r++) finish(job, xb + r * DP, DP, 2, lbest + r * VW, lgroup + r * VW, best + r, bidx + r);
+    return found != INT32_MAX ? found : closest;
 }
 
 static void* worker(void* arg) {
     Job* job = (Job*)arg;
     const int64_t d = job->d, rb = job->row_block, dw = job->dp ? job->dp : d;  /* dw: row width in xb */
     float* xb = (float*)aligned_alloc(64, (size_t)(((rb * dw * 4) + 63) / 64 * 64));
-    float* best = (float*)aligned_alloc(64, (size_t)((rb * 4 + 63) / 64 * 64));
-    int32_t* bidx = (int32_t*)aligned_alloc(64, (size_t)((rb * 4 + 63) / 64 * 64));
     float* lbest = (float*)aligned_alloc(64, (size_t)((rb * VW * 4 + 63) / 64 * 64));
     int32_t* lgroup = (int32_t*)aligned_alloc(64, (size_t)((rb * VW * 4 + 63) / 64 * 64));
-    if (!xb || !best || !bidx || !lbest || !lgroup) {
+    if (!xb || !lbest || !lgroup) {
         __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
-        free(xb); free(best); free(bidx); free(lbest); free(lgroup);
+        free(xb); free(lbest); free(lgroup);
         return 0;
     }
     for (;;) {
@@ -319,16 +305,18 @@ static void* worker(void* arg) {
         int64_t padded = (rows + TR - 1) / TR * TR;
         memset(xb, 0, (size_t)(padded * dw * 4));
         for (int64_t r = 0; r < rows; r++) memcpy(xb + r * dw, job->x + (r0 + r) * job->sx, (size_t)d * 4);
-        for (int64_t i = 0; i < padded; i++) { best[i] = INFINITY; bidx[i] = 0; }
-        if (job->dp == 4) lanes<4>(job, xb, rows, lbest, lgroup, best, bidx);
-        else if (job->dp) lanes<8>(job, xb, rows, lbest, lgroup, best, bidx);
-        else {
-            for (int64_t i = 0; i < padded * VW; i++) { lbest[i] = INFINITY; lgroup[i] = 0; }
-            sweep(job, xb, padded, lbest, lgroup);
-            for (int64_t r = 0; r < rows; r++) finish(job, xb + r * d, d, 1, lbest + r * VW, lgroup + r * VW, best + r, bidx + r);
-        }
+        for (int64_t i = 0; i < padded * VW; i++) { lbest[i] = INFINITY; lgroup[i] = 0; }
+        /* the lanes kernel takes rows in pairs: xb holds zero rows up to a multiple of TR (even) */
+        if (job->dp == 4) sweep_lanes<4>(job, xb, rows + (rows & 1), lbest, lgroup);
+        else if (job->dp) sweep_lanes<8>(job, xb, rows + (rows & 1), lbest, lgroup);
+        else sweep(job, xb, padded, lbest, lgroup);
         for (int64_t r = 0; r < rows; r++) {
-            int32_t bi = bidx[r];
+            const float* xp = xb + r * dw;  /* literal widths and group sizes: finish is specialized per kernel */
+            const float* lb = lbest + r * VW;
+            const int32_t* lg = lgroup + r * VW;
+            int32_t bi = job->dp == 4 ? finish(job, xp, 4, 2, lb, lg)
+                         : job->dp  ? finish(job, xp, 8, 2, lb, lg)
+                                    : finish(job, xp, d, 1, lb, lg);
             if (bi >= job->k) bi = 0;  /* only when no real code has a finite distance */
             const float* xr = job->x + (r0 + r) * job->sx;
             const float* cr = job->c + (int64_t)bi * job->sc;
@@ -338,7 +326,7 @@ static void* worker(void* arg) {
             job->dist[r0 + r] = (float)s;
         }
     }
-    free(xb); free(best); free(bidx); free(lbest); free(lgroup);
+    free(xb); free(lbest); free(lgroup);
     return 0;
 }
 
